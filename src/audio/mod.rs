@@ -1,0 +1,2 @@
+//! ALSA capture and playback, voice processing and feedback sounds (issue [audio]).
+//! STUB: being written.

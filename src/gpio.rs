@@ -1,0 +1,2 @@
+//! Button, LED and relay on GPIO lines through the Linux GPIO character device (gpiocdev).
+//! STUB: being written.

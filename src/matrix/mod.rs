@@ -1,0 +1,2 @@
+//! The Matrix side: stored session, login/logout, MatrixRTC membership and the token service
+//! (issue [matrix]). STUB: being written.
