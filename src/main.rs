@@ -1,1 +1,136 @@
-fn main() {}
+//! The `matrix-intercom` command: daemon, config tools, control client, login/logout.
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use matrix_intercom::config::{Config, DEFAULT_CONFIG_PATH, EXAMPLE_CONFIG};
+use matrix_intercom::control::{self, Command};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(
+    name = "matrix-intercom",
+    version,
+    about = "Matrix (Element Call) door intercom for single-board computers"
+)]
+struct Cli {
+    /// Config file.
+    #[arg(long, global = true, default_value = DEFAULT_CONFIG_PATH)]
+    config: PathBuf,
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run the daemon.
+    Run,
+    /// Check the config file offline; exit code 2 when it is invalid.
+    CheckConfig,
+    /// Print the fully commented default config.
+    PrintDefaultConfig,
+    /// Talk to the running daemon over its control socket.
+    Ctl {
+        #[command(subcommand)]
+        action: CtlCmd,
+        /// Control socket (default: [control] socket from the config, else the built-in default).
+        #[arg(long, global = true)]
+        socket: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand, Clone, Copy)]
+enum CtlCmd {
+    /// Act exactly like a button press.
+    Press,
+    /// Leave the call, if in one.
+    Leave,
+    /// Print the daemon's status as one JSON object.
+    Status,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Cmd::PrintDefaultConfig => {
+            print!("{EXAMPLE_CONFIG}");
+            ExitCode::SUCCESS
+        }
+        Cmd::CheckConfig => check_config(&cli.config),
+        Cmd::Ctl { action, socket } => ctl(&cli.config, socket, action),
+        Cmd::Run => match run(&cli.config) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("matrix-intercom: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
+    }
+}
+
+fn check_config(path: &std::path::Path) -> ExitCode {
+    match Config::load(path) {
+        Ok(loaded) => {
+            for w in &loaded.warnings {
+                eprintln!("warning: {w}");
+            }
+            println!("{}: {}", path.display(), loaded.config.summary());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            for p in e.problems() {
+                eprintln!("error: {p}");
+            }
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn ctl(config: &std::path::Path, socket: Option<PathBuf>, action: CtlCmd) -> ExitCode {
+    let socket = socket.unwrap_or_else(|| {
+        Config::load(config)
+            .map(|c| c.config.control.socket)
+            .unwrap_or_else(|_| matrix_intercom::config::ControlConfig::default().socket)
+    });
+    let cmd = match action {
+        CtlCmd::Press => Command::Press,
+        CtlCmd::Leave => Command::Leave,
+        CtlCmd::Status => Command::Status,
+    };
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("matrix-intercom: cannot start: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(control::send(&socket, cmd)) {
+        Ok(reply) => {
+            if let Some(status) = reply.status {
+                println!("{}", serde_json::to_string(&status).unwrap_or_default());
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("matrix-intercom: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(path: &std::path::Path) -> anyhow::Result<()> {
+    let loaded = Config::load(path).map_err(|e| anyhow::anyhow!("{e}"))?;
+    matrix_intercom::logging::init(&loaded.config.log.level);
+    for w in &loaded.warnings {
+        tracing::warn!("{w}");
+    }
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    rt.block_on(matrix_intercom::daemon::run(loaded))
+}

@@ -7,10 +7,16 @@
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 
+mod load;
+pub use load::{ConfigError, ConfigProblem, LoadedConfig};
+
+/// The stored Matrix session inside `matrix.state_dir`.
+pub const SESSION_FILE: &str = "session.json";
+
 /// Where the daemon looks for its config unless `--config` says otherwise.
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/matrix-intercom/config.toml";
 /// The commented example config, embedded in the binary.
-pub const EXAMPLE_CONFIG: &str = include_str!("../config.example.toml");
+pub const EXAMPLE_CONFIG: &str = include_str!("../../config.example.toml");
 
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]

@@ -1,0 +1,58 @@
+#!/usr/bin/env bash
+# One-time (and idempotent) set-up of a Debian 12 machine for building, testing and demoing
+# matrix-intercom. Run as root. Fast when everything is already there.
+#   - Debian packages: C libraries, cross compilers, multiarch -dev packages, qemu-user
+#   - Rust targets for aarch64 and armv7 (rustup must already provide cargo/rustc >= 1.85)
+#   - a Python venv with Synapse and the official LiveKit SDK, in the cache folder
+set -euo pipefail
+repo=$(cd "$(dirname "$0")/.." && pwd)
+cache=${MI_CACHE:-$repo/.cache}
+mkdir -p "$cache"
+
+log() { printf '\033[1m[setup]\033[0m %s\n' "$*" >&2; }
+
+if ! command -v cargo >/dev/null; then
+    log "cargo not found: install the Rust toolchain with rustup (https://rustup.rs), then rerun"
+    exit 1
+fi
+
+host_pkgs=(build-essential pkg-config cmake git curl ca-certificates python3 python3-venv
+    libasound2-dev libopus-dev libspeexdsp-dev libsqlite3-dev
+    gcc-aarch64-linux-gnu gcc-arm-linux-gnueabihf libc6-dev-arm64-cross libc6-dev-armhf-cross
+    qemu-user iproute2 alsa-utils sox mtools dosfstools cpio xz-utils kmod busybox-static)
+cross_pkgs=(libasound2-dev:arm64 libopus-dev:arm64 libspeexdsp-dev:arm64
+    libasound2-dev:armhf libopus-dev:armhf libspeexdsp-dev:armhf)
+
+missing=()
+for p in "${host_pkgs[@]}" "${cross_pkgs[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+    log "installing Debian packages: ${missing[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    dpkg --add-architecture arm64
+    dpkg --add-architecture armhf
+    apt-get update -q
+    apt-get install -y -q --no-install-recommends "${missing[@]}"
+fi
+
+installed_targets=$(rustup target list --installed 2>/dev/null || true)
+for t in aarch64-unknown-linux-gnu armv7-unknown-linux-gnueabihf; do
+    grep -qx "$t" <<<"$installed_targets" || { log "adding Rust target $t"; rustup target add "$t"; }
+done
+for c in clippy rustfmt; do
+    rustup component list --installed 2>/dev/null | grep -q "^$c" || rustup component add "$c"
+done
+
+venv=$cache/venv
+stamp=$venv/.mi-requirements
+want="matrix-synapse livekit livekit-api numpy"
+if [[ ! -x $venv/bin/python || "$(cat "$stamp" 2>/dev/null)" != "$want" ]]; then
+    log "creating Python venv in $venv ($want)"
+    python3 -m venv "$venv"
+    "$venv/bin/pip" install -q --upgrade pip
+    # shellcheck disable=SC2086
+    "$venv/bin/pip" install -q $want
+    echo "$want" >"$stamp"
+fi
+log "ready (python: $venv/bin/python)"

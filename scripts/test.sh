@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# Runs every test of matrix-intercom: formatting, unit and integration tests (real Synapse,
+# the in-repo token service and SFU, the official LiveKit Python SDK in private network
+# namespaces, ALSA through alsa-lib's file plugin), the aarch64 unit tests under qemu-user,
+# the armv7 cross build, and clippy. Sets itself up first (scripts/setup.sh). Run as root
+# (network namespaces). `.ci/run` calls exactly this.
+set -euo pipefail
+repo=$(cd "$(dirname "$0")/.." && pwd)
+cd "$repo"
+export MI_CACHE=${MI_CACHE:-$repo/.cache}
+"$repo/scripts/setup.sh"
+export MI_PYTHON=$MI_CACHE/venv/bin/python
+export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$repo/target}
+export CARGO_TERM_COLOR=${CARGO_TERM_COLOR:-never}
+# Integration tests run several servers each; keep them from starving each other on 2 cores.
+export RUST_TEST_THREADS=${RUST_TEST_THREADS:-2}
+
+step() { printf '\n\033[1m== %s\033[0m (%ss)\n' "$*" "$SECONDS" >&2; }
+
+step "format"
+cargo fmt --all --check
+
+step "build (host: device binary and dev helpers)"
+cargo build --workspace --bins --tests
+
+step "tests (host)"
+cargo test --workspace
+
+step "unit tests on aarch64 under qemu-user"
+cargo test --lib --target aarch64-unknown-linux-gnu
+
+step "cross build armv7"
+cargo build --bin matrix-intercom --target armv7-unknown-linux-gnueabihf
+
+step "clippy"
+cargo clippy --workspace --all-targets -- -D warnings
+
+step "all tests passed"
