@@ -203,3 +203,168 @@ fn check_url(
         _ => Err(err("use an https:// (or loopback http://) URL")),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(extra: &[&str]) -> Result<(SocketAddr, ServiceConfig), ConfigError> {
+        let mut args = vec![
+            "mi-token-service",
+            "--livekit-url",
+            "ws://127.0.0.1:7880",
+            "--livekit-key",
+            "devkey",
+            "--livekit-secret",
+            "devsecret",
+        ];
+        if !extra.iter().any(|a| *a == "--listen") {
+            args.extend(["--listen", "127.0.0.1:0"]);
+        }
+        args.extend(extra);
+        Cli::try_parse_from(args)
+            .expect("flags parse")
+            .into_config()
+    }
+
+    fn reason(r: Result<(SocketAddr, ServiceConfig), ConfigError>) -> String {
+        match r {
+            Ok(_) => "OK".into(),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    #[test]
+    fn listen_must_be_loopback() {
+        for addr in ["127.0.0.1:8090", "127.1.2.3:0", "[::1]:8090"] {
+            assert_eq!(reason(parse(&["--listen", addr])), "OK", "{addr}");
+        }
+        for addr in ["0.0.0.0:8090", "192.168.1.2:8090", "[::]:8090"] {
+            assert!(
+                reason(parse(&["--listen", addr])).contains("not a loopback address"),
+                "{addr}"
+            );
+        }
+        assert!(Cli::try_parse_from([
+            "mi-token-service",
+            "--listen",
+            "localhost:8090",
+            "--livekit-url",
+            "ws://x",
+            "--livekit-key",
+            "k",
+            "--livekit-secret",
+            "s"
+        ])
+        .is_err());
+    }
+
+    #[test]
+    fn defaults_give_everyone_full_access_and_no_room_creation() {
+        let (addr, config) = parse(&[]).unwrap();
+        assert_eq!(addr, "127.0.0.1:0".parse().unwrap());
+        assert_eq!(config.full_access, FullAccess::All);
+        assert!(config.sfu_admin_url.is_none());
+        assert!(config.homeservers.is_empty());
+        assert_eq!(config.livekit_url, "ws://127.0.0.1:7880");
+        assert_eq!(config.keys.key, "devkey");
+        assert_eq!(config.keys.secret.expose(), "devsecret");
+    }
+
+    #[test]
+    fn plain_http_needs_a_loopback_ip_and_the_flag() {
+        let hs = "example.com=http://127.0.0.1:8008";
+        assert!(reason(parse(&["--homeserver", hs])).contains("--allow-insecure-loopback"));
+        let (_, config) = parse(&["--homeserver", hs, "--allow-insecure-loopback"]).unwrap();
+        assert_eq!(
+            config.homeservers["example.com"].as_str(),
+            "http://127.0.0.1:8008/"
+        );
+        for url in [
+            "example.com=http://10.1.2.3:8008",
+            "example.com=http://localhost:8008",
+            "example.com=http://matrix.example.com",
+        ] {
+            assert!(
+                reason(parse(&["--homeserver", url, "--allow-insecure-loopback"]))
+                    .contains("only to a loopback IP"),
+                "{url}"
+            );
+        }
+        assert_eq!(
+            reason(parse(&[
+                "--homeserver",
+                "example.com=http://[::1]:8008",
+                "--allow-insecure-loopback"
+            ])),
+            "OK"
+        );
+        assert_eq!(
+            reason(parse(&[
+                "--homeserver",
+                "example.com=https://matrix.example.com:8448"
+            ])),
+            "OK"
+        );
+        assert!(reason(parse(&["--sfu-admin-url", "http://127.0.0.1:7880"]))
+            .contains("--allow-insecure-loopback"));
+        assert_eq!(
+            reason(parse(&[
+                "--sfu-admin-url",
+                "http://127.0.0.1:7880",
+                "--allow-insecure-loopback"
+            ])),
+            "OK"
+        );
+        assert!(reason(parse(&["--sfu-admin-url", "ws://127.0.0.1:7880"])).contains("https://"));
+    }
+
+    #[test]
+    fn malformed_homeserver_mappings_are_refused() {
+        for bad in [
+            "example.com",
+            "=https://x",
+            "bad/name=https://x",
+            "example.com=not a url",
+            "example.com=https://x/?q=1",
+        ] {
+            assert!(parse(&["--homeserver", bad]).is_err(), "{bad}");
+        }
+        let twice = parse(&[
+            "--homeserver",
+            "e.com=https://a",
+            "--homeserver",
+            "e.com=https://b",
+        ]);
+        assert!(reason(twice).contains("twice"));
+    }
+
+    #[test]
+    fn full_access_list() {
+        assert_eq!(FullAccess::parse("*").unwrap(), FullAccess::All);
+        let some = FullAccess::parse("a.org, b.org c.org").unwrap();
+        assert!(some.allows("a.org") && some.allows("b.org") && some.allows("c.org"));
+        assert!(!some.allows("d.org"));
+        // `*` only means everyone when it is the only entry, as in the real service.
+        assert!(!FullAccess::parse("*,a.org").unwrap().allows("d.org"));
+        assert!(FullAccess::parse(" , ").is_err());
+    }
+
+    #[test]
+    fn empty_keys_are_refused() {
+        let r = Cli::try_parse_from([
+            "mi-token-service",
+            "--listen",
+            "127.0.0.1:0",
+            "--livekit-url",
+            "ws://x",
+            "--livekit-key",
+            "",
+            "--livekit-secret",
+            "s",
+        ])
+        .unwrap()
+        .into_config();
+        assert!(reason(r).contains("LIVEKIT_KEY"));
+    }
+}

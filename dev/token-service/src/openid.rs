@@ -13,7 +13,7 @@ use reqwest::Url;
 use serde::Deserialize;
 
 use crate::redacted::Redacted;
-use crate::request::nullable;
+use crate::request::{nullable, object_or_null};
 use crate::sfu_admin::with_path_suffix;
 
 const USERINFO_PATH: &str = "/_matrix/federation/v1/openid/userinfo";
@@ -41,7 +41,7 @@ pub enum OpenIdError {
     },
 }
 
-#[derive(Deserialize)]
+#[derive(Default, Deserialize)]
 struct UserInfo {
     #[serde(default, deserialize_with = "nullable")]
     sub: String,
@@ -104,7 +104,7 @@ impl OpenIdVerifier {
         let body = response.bytes().await.map_err(request_failed)?;
         // Like Go's json.Decoder: the first JSON value, unknown keys ignored.
         let mut de = serde_json::Deserializer::from_slice(&body);
-        let info = UserInfo::deserialize(&mut de).map_err(|_| OpenIdError::Body {
+        let info: UserInfo = object_or_null(&mut de).map_err(|_| OpenIdError::Body {
             base: shown.clone(),
         })?;
         match info.sub.split_once(':') {
@@ -126,10 +126,7 @@ pub fn is_server_name(name: &str) -> bool {
             _ => return false,
         }
     } else {
-        match name.split_once(':') {
-            Some((host, port)) => (host, port),
-            None => (name, ""),
-        }
+        name.split_at(name.find(':').unwrap_or(name.len()))
     };
     let port_ok = match port.strip_prefix(':') {
         Some(p) => !p.is_empty() && p.len() <= 5 && p.bytes().all(|b| b.is_ascii_digit()),

@@ -23,6 +23,23 @@ where
     Option::<T>::deserialize(de).map(Option::unwrap_or_default)
 }
 
+/// A struct only from a JSON object (serde would also take an array); `null` or a missing key
+/// is the zero value. Go's decoder rejects arrays for structs too.
+pub(crate) fn object_or_null<'de, D, T>(de: D) -> Result<T, D::Error>
+where
+    D: Deserializer<'de>,
+    T: DeserializeOwned + Default,
+{
+    use serde::de::Error as _;
+    match Option::<serde_json::Value>::deserialize(de)? {
+        None | Some(serde_json::Value::Null) => Ok(T::default()),
+        Some(object @ serde_json::Value::Object(_)) => {
+            T::deserialize(object).map_err(D::Error::custom)
+        }
+        Some(_) => Err(D::Error::custom("expected a JSON object")),
+    }
+}
+
 /// `openid_token`: what `POST /_matrix/client/v3/user/{userId}/openid/request_token` returned.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -55,7 +72,7 @@ pub struct Member {
 pub struct LegacySfuRequest {
     #[serde(default, deserialize_with = "nullable")]
     pub room: String,
-    #[serde(default, deserialize_with = "nullable")]
+    #[serde(default, deserialize_with = "object_or_null")]
     pub openid_token: OpenIdToken,
     #[serde(default, deserialize_with = "nullable")]
     pub device_id: String,
@@ -76,9 +93,9 @@ pub struct SfuRequest {
     pub room_id: String,
     #[serde(default, deserialize_with = "nullable")]
     pub slot_id: String,
-    #[serde(default, deserialize_with = "nullable")]
+    #[serde(default, deserialize_with = "object_or_null")]
     pub openid_token: OpenIdToken,
-    #[serde(default, deserialize_with = "nullable")]
+    #[serde(default, deserialize_with = "object_or_null")]
     pub member: Member,
     #[serde(default, deserialize_with = "nullable")]
     pub delay_id: Redacted,
@@ -102,9 +119,7 @@ pub struct SfuResponse {
 pub fn decode<T: DeserializeOwned + Default>(body: &[u8]) -> Result<T, MatrixError> {
     let mut de = serde_json::Deserializer::from_slice(body);
     // Go decodes a top-level `null` into the zero struct; trailing bytes are not read.
-    Option::<T>::deserialize(&mut de)
-        .map(Option::unwrap_or_default)
-        .map_err(|_| MatrixError::not_json())
+    object_or_null(&mut de).map_err(|_| MatrixError::not_json())
 }
 
 /// Both or neither of `delay_id` and a positive `delay_timeout`.
@@ -212,6 +227,8 @@ mod tests {
             "not json",
             "[]",
             "\"room\"",
+            r#"{"room":"!r:e","openid_token":[]}"#,
+            r#"{"room":"!r:e","openid_token":["t","Bearer","e",3600]}"#,
             r#"{"room": 5}"#,
             r#"{"room":"!r:e","openid_token":{"access_token":"t","matrix_server_name":"e","expires_in":"3600"}}"#,
             r#"{"room":"!r:e","openid_token":{"access_token":"t","matrix_server_name":"e","expires_in":1.5}}"#,
