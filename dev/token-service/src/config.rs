@@ -218,7 +218,7 @@ mod tests {
             "--livekit-secret",
             "devsecret",
         ];
-        if !extra.iter().any(|a| *a == "--listen") {
+        if !extra.contains(&"--listen") {
             args.extend(["--listen", "127.0.0.1:0"]);
         }
         args.extend(extra);

@@ -3,7 +3,7 @@
 //! Prints `listening on http://ADDR` on stdout once it accepts connections; logs go to
 //! stderr (`RUST_LOG`, default `info`). Stops cleanly on SIGTERM or SIGINT.
 
-use std::io::Write as _;
+use std::io::{IsTerminal as _, Write as _};
 use std::process::ExitCode;
 
 use clap::Parser as _;
@@ -15,6 +15,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),

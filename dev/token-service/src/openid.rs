@@ -23,7 +23,7 @@ const USERINFO_PATH: &str = "/_matrix/federation/v1/openid/userinfo";
 pub enum OpenIdError {
     #[error("matrix_server_name {0:?} is not a server name (host[:port]) and has no --homeserver mapping")]
     BadServerName(String),
-    #[error("userinfo request to {base} failed: {source}")]
+    #[error("userinfo request to {base} failed")]
     Request {
         base: String,
         #[source]

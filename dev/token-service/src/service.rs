@@ -201,7 +201,7 @@ impl Service {
         let user = match self.openid.user_id(server, &token.access_token).await {
             Ok(user) => user,
             Err(e) => {
-                warn!(matrix_server_name = %server, "OpenID check failed: {e}");
+                warn!(matrix_server_name = %server, "OpenID check failed: {}", with_causes(&e));
                 return Err(MatrixError::unauthorized());
             }
         };
@@ -240,7 +240,7 @@ impl Service {
             }
             if let Some(admin) = &self.sfu_admin {
                 admin.create_room(&alias).await.map_err(|e| {
-                    warn!(user, room = %alias, "could not create the LiveKit room: {e}");
+                    warn!(user, room = %alias, "could not create the LiveKit room: {}", with_causes(&e));
                     MatrixError::unknown("Unable to create room on SFU")
                 })?;
             }
@@ -258,4 +258,16 @@ impl Service {
             jwt,
         })
     }
+}
+
+/// `error: cause: cause…`, for logs (reqwest's own message omits e.g. "connection refused").
+fn with_causes(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
 }

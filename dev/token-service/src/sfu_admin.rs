@@ -29,9 +29,9 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// Why the room could not be created.
 #[derive(Debug, thiserror::Error)]
 pub enum SfuAdminError {
-    #[error("could not sign the room-create token: {0}")]
+    #[error("could not sign the room-create token")]
     Sign(#[from] livekit_api::access_token::AccessTokenError),
-    #[error("CreateRoom request to {url} failed: {source}")]
+    #[error("CreateRoom request to {url} failed")]
     Request {
         url: String,
         #[source]
