@@ -16,10 +16,7 @@ fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
+        .with_env_filter(log_filter())
         .init();
     let (listen, config) = match cli.into_config() {
         Ok(parsed) => parsed,
@@ -93,4 +90,17 @@ async fn run(listen: std::net::SocketAddr, config: ServiceConfig) -> ExitCode {
         .await;
     info!("stopped");
     ExitCode::SUCCESS
+}
+
+/// `RUST_LOG` (default `info`), with the HTTP client crates held at `info` whatever it says:
+/// their debug/trace output may carry request URLs, and the userinfo URL holds the token.
+fn log_filter() -> tracing_subscriber::EnvFilter {
+    let mut filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    for quiet in ["reqwest=info", "hyper=info", "hyper_util=info"] {
+        if let Ok(directive) = quiet.parse() {
+            filter = filter.add_directive(directive);
+        }
+    }
+    filter
 }

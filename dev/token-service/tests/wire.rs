@@ -150,6 +150,8 @@ async fn binary_announces_its_address_serves_and_stops_on_sigterm() {
         .arg("--allow-insecure-loopback")
         .env("LIVEKIT_KEY", KEY)
         .env("LIVEKIT_SECRET", SECRET)
+        // The most verbose logging still must not show the OpenID token or the JWT.
+        .env("RUST_LOG", "trace")
         .spawn()
         .unwrap();
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
