@@ -50,13 +50,17 @@ impl Timers {
     }
 }
 
+fn state_name(machine: &CallMachine) -> String {
+    format!("{:?}", machine.state()).to_lowercase()
+}
+
 /// Runs until SIGTERM/SIGINT (leaving any call first).
 pub async fn run(loaded: LoadedConfig) -> anyhow::Result<()> {
     let cfg = loaded.config;
     let started = Instant::now();
     let mut machine = CallMachine::new(timings(&cfg.call));
     let status_of = |machine: &CallMachine, last_error: &Option<String>| Status {
-        state: format!("{:?}", machine.state()).to_lowercase(),
+        state: state_name(machine),
         room: cfg.matrix.room.clone(),
         participants: Vec::new(),
         last_error: last_error.clone(),
@@ -71,6 +75,8 @@ pub async fn run(loaded: LoadedConfig) -> anyhow::Result<()> {
     let mut timers = Timers::default();
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut sigint = signal(SignalKind::interrupt())?;
+    let mut watchdog = crate::systemd::watchdog_interval().map(tokio::time::interval);
+    crate::systemd::notify(&format!("READY=1\nSTATUS={}", state_name(&machine)));
     tracing::info!(
         room = %cfg.matrix.room,
         socket = %cfg.control.socket.display(),
@@ -87,6 +93,10 @@ pub async fn run(loaded: LoadedConfig) -> anyhow::Result<()> {
             }
             Some(event) = event_rx.recv() => event,
             timer = timers.next() => Event::TimerFired(timer),
+            _ = async { watchdog.as_mut().unwrap().tick().await }, if watchdog.is_some() => {
+                crate::systemd::notify("WATCHDOG=1");
+                continue;
+            }
             _ = sigterm.recv() => Event::Shutdown,
             _ = sigint.recv() => Event::Shutdown,
         };
@@ -95,6 +105,10 @@ pub async fn run(loaded: LoadedConfig) -> anyhow::Result<()> {
             last_error = Some(reason.clone());
         }
         let shutdown = event == Event::Shutdown;
+        if shutdown {
+            crate::systemd::notify("STOPPING=1");
+        }
+        let before = machine.state();
         for action in machine.handle(Instant::now(), event) {
             tracing::debug!(?action, "action");
             match action {
@@ -110,6 +124,9 @@ pub async fn run(loaded: LoadedConfig) -> anyhow::Result<()> {
         if shutdown && machine.state() == crate::machine::State::Idle {
             tracing::info!("stopped");
             return Ok(());
+        }
+        if machine.state() != before {
+            crate::systemd::notify(&format!("STATUS={}", state_name(&machine)));
         }
         status_tx.send_replace(status_of(&machine, &last_error));
     }

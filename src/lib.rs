@@ -13,3 +13,4 @@ pub mod machine;
 pub mod matrix;
 pub mod pcm;
 pub mod secret;
+pub mod systemd;
