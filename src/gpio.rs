@@ -27,6 +27,12 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, watch};
 
+mod guard;
+mod pattern;
+pub use guard::{ButtonGuard, ButtonSignal};
+use pattern::position;
+pub use pattern::{next_change, pattern_level};
+
 /// The consumer name the kernel shows for our lines (`gpioinfo`).
 pub const CONSUMER: &str = "matrix-intercom";
 /// A second press within this time of the last accepted one is ignored.
@@ -181,7 +187,7 @@ fn resolve_chip(spec: &str) -> Result<PathBuf, GpioError> {
     Err(GpioError::ChipNotFound {
         chip: spec.into(),
         detail: if known.is_empty() {
-            "no GPIO chips are accessible".into()
+            "no GPIO chip could be opened: none present, or no permission".into()
         } else {
             format!("present: {}", known.join(", "))
         },
@@ -272,80 +278,6 @@ fn request_line(line: &LineId, configure: impl FnOnce(&mut Builder)) -> Result<R
 }
 
 // ---- button ----------------------------------------------------------------------------
-
-/// What the button guard makes of an edge or the passing of time.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ButtonSignal {
-    /// A press to pass on.
-    Press,
-    /// The button has been held for `STUCK_AFTER`: reported once per hold.
-    Stuck { held: Duration },
-    /// The stuck button was released.
-    Released,
-}
-
-/// Software guard behind the kernel's debounce: ignores a press within `min_gap` of the last
-/// accepted one, and reports a button held for `stuck_after` once instead of as presses.
-#[derive(Debug, Clone)]
-pub struct ButtonGuard {
-    min_gap: Duration,
-    stuck_after: Duration,
-    pressed_since: Option<Instant>,
-    last_press: Option<Instant>,
-    stuck_reported: bool,
-}
-
-impl ButtonGuard {
-    /// `pressed_now` is the line's level at start: a button already held is no press.
-    pub fn new(now: Instant, pressed_now: bool, min_gap: Duration, stuck_after: Duration) -> Self {
-        Self {
-            min_gap,
-            stuck_after,
-            pressed_since: pressed_now.then_some(now),
-            last_press: None,
-            stuck_reported: false,
-        }
-    }
-
-    /// The line became active (`pressed`) or inactive at `now`.
-    pub fn edge(&mut self, now: Instant, pressed: bool) -> Option<ButtonSignal> {
-        if !pressed {
-            self.pressed_since = None;
-            return std::mem::take(&mut self.stuck_reported).then_some(ButtonSignal::Released);
-        }
-        if self.pressed_since.is_some() {
-            return None; // still held: a release edge was lost, or the line chatters
-        }
-        self.pressed_since = Some(now);
-        if self
-            .last_press
-            .is_some_and(|last| now.saturating_duration_since(last) < self.min_gap)
-        {
-            return None;
-        }
-        self.last_press = Some(now);
-        Some(ButtonSignal::Press)
-    }
-
-    /// Time passes: reports a stuck button once `next_check()` is reached.
-    pub fn tick(&mut self, now: Instant) -> Option<ButtonSignal> {
-        let since = self.pressed_since?;
-        let held = now.saturating_duration_since(since);
-        if self.stuck_reported || held < self.stuck_after {
-            return None;
-        }
-        self.stuck_reported = true;
-        Some(ButtonSignal::Stuck { held })
-    }
-
-    /// When to call [`tick`](Self::tick) next, if ever.
-    pub fn next_check(&self) -> Option<Instant> {
-        match (self.pressed_since, self.stuck_reported) {
-            (Some(since), false) => Some(since + self.stuck_after),
-            _ => None,
-        }
-    }
-}
 
 /// The button line, requested with edge detection and kernel debounce.
 #[derive(Debug)]
@@ -447,47 +379,6 @@ async fn sleep_until(at: Option<Instant>) {
 
 // ---- LED -------------------------------------------------------------------------------
 
-/// A blinking pattern as alternating on/off durations in milliseconds, starting with on.
-fn cycle(pattern: LedPattern) -> Option<&'static [u64]> {
-    match pattern {
-        LedPattern::Heartbeat => Some(&[80, 120, 80, 1720]),
-        LedPattern::Blink => Some(&[250, 250]),
-        LedPattern::Pulse => Some(&[900, 300]),
-        LedPattern::FastBlink => Some(&[80, 80]),
-        LedPattern::Solid | LedPattern::Off => None,
-    }
-}
-
-/// Where `elapsed` falls in the pattern: (level, time left until the level changes).
-fn position(pattern: LedPattern, elapsed: Duration) -> (bool, Option<Duration>) {
-    let Some(segments) = cycle(pattern) else {
-        return (pattern == LedPattern::Solid, None);
-    };
-    let period: u128 = segments.iter().map(|ms| u128::from(*ms) * 1_000_000).sum();
-    let mut pos = elapsed.as_nanos() % period;
-    let mut on = true;
-    for ms in segments {
-        let len = u128::from(*ms) * 1_000_000;
-        if pos < len {
-            let left = u64::try_from(len - pos).unwrap_or(u64::MAX);
-            return (on, Some(Duration::from_nanos(left)));
-        }
-        pos -= len;
-        on = !on;
-    }
-    unreachable!("pos < period")
-}
-
-/// Whether the LED is lit `elapsed` after the pattern started.
-pub fn pattern_level(pattern: LedPattern, elapsed: Duration) -> bool {
-    position(pattern, elapsed).0
-}
-
-/// How long after `elapsed` the LED's level next changes; `None` for steady patterns.
-pub fn next_change(pattern: LedPattern, elapsed: Duration) -> Option<Duration> {
-    position(pattern, elapsed).1
-}
-
 /// A plain output line (LED or relay), inactive at open.
 #[derive(Debug)]
 struct Output {
@@ -547,8 +438,11 @@ impl Led {
                     if changed.is_err() {
                         return self.0.set(false);
                     }
-                    pattern = *patterns.borrow_and_update();
-                    start = Instant::now();
+                    let next = *patterns.borrow_and_update();
+                    if next != pattern {
+                        pattern = next;
+                        start = Instant::now();
+                    }
                 }
                 () = sleep_until(left.map(|l| Instant::now() + l)) => {}
             }
@@ -608,108 +502,6 @@ impl Drop for Relay {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn ms(n: u64) -> Duration {
-        Duration::from_millis(n)
-    }
-
-    fn guard(t0: Instant, held: bool) -> ButtonGuard {
-        ButtonGuard::new(t0, held, PRESS_GUARD, STUCK_AFTER)
-    }
-
-    #[test]
-    fn a_press_is_passed_on_and_bounces_are_not() {
-        let t0 = Instant::now();
-        let mut g = guard(t0, false);
-        assert_eq!(g.edge(t0, true), Some(ButtonSignal::Press));
-        // Contact bounce that got past the kernel's debounce.
-        assert_eq!(g.edge(t0 + ms(5), false), None);
-        assert_eq!(g.edge(t0 + ms(10), true), None);
-        assert_eq!(g.edge(t0 + ms(120), false), None);
-        // A quick double press within the guard is one press.
-        assert_eq!(g.edge(t0 + ms(250), true), None);
-        assert_eq!(g.edge(t0 + ms(290), false), None);
-        // A deliberate second press later counts.
-        assert_eq!(g.edge(t0 + ms(800), true), Some(ButtonSignal::Press));
-    }
-
-    #[test]
-    fn a_held_button_is_reported_stuck_once_and_never_as_presses() {
-        let t0 = Instant::now();
-        let mut g = guard(t0, false);
-        assert_eq!(g.edge(t0, true), Some(ButtonSignal::Press));
-        assert_eq!(g.next_check(), Some(t0 + STUCK_AFTER));
-        assert_eq!(g.tick(t0 + ms(9_999)), None);
-        assert_eq!(
-            g.tick(t0 + STUCK_AFTER),
-            Some(ButtonSignal::Stuck { held: STUCK_AFTER })
-        );
-        assert_eq!(g.next_check(), None);
-        for s in 11..60 {
-            assert_eq!(g.tick(t0 + Duration::from_secs(s)), None);
-            // A chattering stuck line produces no presses either.
-            assert_eq!(g.edge(t0 + Duration::from_secs(s), true), None);
-        }
-        assert_eq!(
-            g.edge(t0 + Duration::from_secs(61), false),
-            Some(ButtonSignal::Released)
-        );
-        assert_eq!(
-            g.edge(t0 + Duration::from_secs(62), true),
-            Some(ButtonSignal::Press)
-        );
-    }
-
-    #[test]
-    fn a_button_held_at_start_is_no_press_but_can_be_stuck() {
-        let t0 = Instant::now();
-        let mut g = guard(t0, true);
-        assert_eq!(g.edge(t0 + ms(50), true), None);
-        assert!(matches!(
-            g.tick(t0 + STUCK_AFTER),
-            Some(ButtonSignal::Stuck { .. })
-        ));
-        assert_eq!(g.edge(t0 + ms(10_500), false), Some(ButtonSignal::Released));
-        assert_eq!(g.edge(t0 + ms(11_000), true), Some(ButtonSignal::Press));
-    }
-
-    #[test]
-    fn led_patterns() {
-        use LedPattern::*;
-        assert!(pattern_level(Solid, Duration::from_secs(1234)));
-        assert!(!pattern_level(Off, Duration::from_secs(1234)));
-        assert_eq!(next_change(Solid, ms(5)), None);
-        assert_eq!(next_change(Off, ms(5)), None);
-
-        // Heartbeat: two short blips every 2 s.
-        let lit: Vec<bool> = [0, 79, 80, 199, 200, 279, 280, 1999, 2000, 2079]
-            .iter()
-            .map(|t| pattern_level(Heartbeat, ms(*t)))
-            .collect();
-        assert_eq!(
-            lit,
-            [true, true, false, false, true, true, false, false, true, true]
-        );
-        assert_eq!(next_change(Heartbeat, ms(0)), Some(ms(80)));
-        assert_eq!(next_change(Heartbeat, ms(300)), Some(ms(1700)));
-
-        // Blink is even, FastBlink faster, Pulse mostly on.
-        assert!(pattern_level(Blink, ms(100)) && !pattern_level(Blink, ms(300)));
-        assert_eq!(next_change(Blink, ms(100)), Some(ms(150)));
-        assert!(pattern_level(FastBlink, ms(20)) && !pattern_level(FastBlink, ms(100)));
-        assert!(pattern_level(Pulse, ms(800)) && !pattern_level(Pulse, ms(1000)));
-        assert!(pattern_level(Pulse, ms(1200)));
-
-        // Following next_change always lands on a change of level.
-        for p in [Heartbeat, Blink, Pulse, FastBlink] {
-            let mut t = ms(7);
-            for _ in 0..20 {
-                let before = pattern_level(p, t);
-                t += next_change(p, t).expect("blinking pattern");
-                assert_ne!(pattern_level(p, t), before, "{p:?} at {t:?}");
-            }
-        }
-    }
 
     #[test]
     fn chip_by_path_name_or_label() {

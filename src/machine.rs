@@ -9,7 +9,7 @@
 //!
 //! | state | meaning | LED |
 //! |---|---|---|
-//! | `Idle` | no call we know of | Heartbeat |
+//! | `Idle` | at rest, no call by others we know of | Heartbeat |
 //! | `Incoming` | someone else's call is up in the room; a press joins it | Pulse |
 //! | `Joining` | `Join` issued, waiting for `Joined` | Blink |
 //! | `Ringing` | in the call alone, waiting for an answer (`RingTimeout`) | Pulse |
@@ -18,8 +18,8 @@
 //! | `Error` | something failed; retry after an exponential backoff (`Backoff`) | FastBlink |
 //! | `Stopped` | `Exit` issued; every later event is ignored | unchanged |
 //!
-//! The whole transition table is the `match` in [`CallMachine::handle`]; the tests in
-//! `machine/tests.rs` spell it out row by row.
+//! The whole transition table is the `match` in [`CallMachine::handle`]; `machine/tests.rs`
+//! spells it out row by row, `machine/proptests.rs` checks its promises on random runs.
 //!
 //! # Contract with the drivers
 //!
@@ -38,9 +38,10 @@
 //!   sound. While `Joining` or `Ringing` it is ignored: being the only member is exactly what
 //!   ringing means, and a dead SFU connection must come as `Failed`.
 //! - **Incoming calls.** `IncomingCall`/`IncomingCallGone` say whether a call by others is up
-//!   while the device is not in it. The machine remembers the latest one; it forgets it when
-//!   it joins (it is joining that call). After a call the driver sends `IncomingCall` again if
-//!   the others are still there.
+//!   while the device is not in it. The machine remembers the latest one in every state and
+//!   forgets it when it joins (it is joining that call). `IncomingCall` while `Idle` chimes
+//!   and enters `Incoming`; coming back to rest (after `Left` or a backoff) with a call up
+//!   enters `Incoming` silently.
 //! - **Timers.** `ArmTimer { timer, after }` means "send `TimerFired(timer)` at `now + after`"
 //!   (re-arming replaces the earlier deadline); `CancelTimer` means "don't". The machine
 //!   remembers each armed timer with its deadline and ignores a `TimerFired` for a timer that
@@ -63,8 +64,10 @@
 //! - **Failures** (`Failed`, `TokenError`) while a member: play `Error`, LED FastBlink, `Leave`,
 //!   and enter `Error` once `Left` arrives. When not a member: enter `Error` at once. `Error`
 //!   arms `Backoff` (1 s, doubling up to 60 s, back to 1 s once a join succeeds); when it
-//!   fires the machine returns to `Idle` (or `Incoming` if a call by others is up). A press in
-//!   `Error` retries at once. Further failures while in `Error` only update the last error.
+//!   fires the machine comes back to rest (`Idle`, or `Incoming` if a call by others is
+//!   up). A press in `Error` retries at once. Further failures while in `Error` only update
+//!   the last error. A failure while `Leaving` plays the error feedback and still waits for
+//!   `Left`, then backs off.
 //! - **Presses while `Leaving`** are ignored (no second `Join` before `Left`).
 //! - **Shutdown** while a member: `Leave` (unless one is under way) and arm `LeaveDeadline`
 //!   (2 s); `Exit` on `Left` or when the deadline fires. Otherwise `Exit` at once.
@@ -72,6 +75,8 @@
 use std::collections::{BTreeSet, HashMap};
 use std::time::{Duration, Instant};
 
+#[cfg(test)]
+mod proptests;
 #[cfg(test)]
 mod tests;
 
@@ -417,13 +422,7 @@ impl Step<'_> {
             (InCall, Timer::AloneGrace) => self.leave(Some(Sound::CallEnded), AfterLeave::Idle),
             (InCall, Timer::MaxDurationWarning) => self.out.push(Action::PlaySound(Sound::Warning)),
             (InCall, Timer::MaxDuration) => self.leave(Some(Sound::CallEnded), AfterLeave::Idle),
-            (Error, Timer::Backoff) => {
-                if self.m.incoming {
-                    self.enter_incoming();
-                } else {
-                    self.enter_idle();
-                }
-            }
+            (Error, Timer::Backoff) => self.rest(),
             (Leaving, Timer::LeaveDeadline) => self.exit(),
             // A timer armed for a state we have left (not cancelled in time): nothing to do.
             _ => {}
@@ -498,6 +497,17 @@ impl Step<'_> {
         self.m.state = State::Incoming;
     }
 
+    /// Back at rest after a call or a backoff: `Incoming` (without the chime, which is for a
+    /// new call) if a call by others is up, else `Idle`.
+    fn rest(&mut self) {
+        if self.m.incoming {
+            self.out.push(Action::SetLed(LedPattern::Pulse));
+            self.m.state = State::Incoming;
+        } else {
+            self.enter_idle();
+        }
+    }
+
     fn enter_idle(&mut self) {
         self.out.push(Action::SetLed(LedPattern::Heartbeat));
         self.m.state = State::Idle;
@@ -531,7 +541,7 @@ impl Step<'_> {
         self.m.members.clear();
         self.m.call_started_at = None;
         match self.m.after_leave {
-            AfterLeave::Idle => self.enter_idle(),
+            AfterLeave::Idle => self.rest(),
             AfterLeave::Error => self.enter_error(),
             AfterLeave::Exit => self.exit(),
         }

@@ -1,13 +1,11 @@
 //! The call machine's transition table, row by row, and a property test of its promises.
 
 use super::*;
-use proptest::prelude::*;
-use std::collections::HashMap;
 
-const ALICE: &str = "@alice:example.org";
-const BOB: &str = "@bob:example.org";
+pub(super) const ALICE: &str = "@alice:example.org";
+pub(super) const BOB: &str = "@bob:example.org";
 
-fn timings() -> Timings {
+pub(super) fn timings() -> Timings {
     Timings {
         ring_timeout: Duration::from_secs(60),
         max_duration: Duration::from_secs(600),
@@ -57,6 +55,8 @@ enum Start {
     InCallAlone,
     /// Leaving after a press in `Ringing`.
     Leaving,
+    /// Leaving, and a call by others is up.
+    LeavingWithIncoming,
     /// Leaving because the call failed.
     LeavingForError,
     /// Leaving after a press, and then the leave failed.
@@ -81,6 +81,7 @@ impl Start {
             Start::InCall => vec![ButtonPressed, joined_by(ALICE), Joined],
             Start::InCallAlone => vec![ButtonPressed, joined_by(ALICE), Joined, left_by(ALICE)],
             Start::Leaving => vec![ButtonPressed, Joined, ButtonPressed],
+            Start::LeavingWithIncoming => vec![ButtonPressed, Joined, ButtonPressed, IncomingCall],
             Start::LeavingForError => vec![ButtonPressed, Joined, failed()],
             Start::LeavingAfterFailure => vec![ButtonPressed, Joined, ButtonPressed, failed()],
             Start::ShuttingDown => vec![ButtonPressed, Joined, Shutdown],
@@ -432,6 +433,13 @@ fn table() -> Vec<Row> {
             vec![SetLed(Led::Heartbeat)],
         ),
         row(Start::Leaving, ButtonPressed, State::Leaving, vec![]),
+        row(Start::Leaving, IncomingCall, State::Leaving, vec![]),
+        row(
+            Start::LeavingWithIncoming,
+            Left,
+            State::Incoming,
+            vec![SetLed(Led::Pulse)],
+        ),
         row(Start::Leaving, LeaveRequested, State::Leaving, vec![]),
         row(Start::Leaving, Joined, State::Leaving, vec![]),
         row(Start::Leaving, door(), State::Leaving, vec![]),
@@ -495,7 +503,7 @@ fn table() -> Vec<Row> {
             1,
             fire(Backoff),
             State::Incoming,
-            vec![SetLed(Led::Pulse), PlaySound(Sound::Incoming)],
+            vec![SetLed(Led::Pulse)],
         ),
         row(
             Start::Error,
@@ -558,6 +566,7 @@ fn setups_reach_their_states() {
         (Start::InCall, State::InCall),
         (Start::InCallAlone, State::InCall),
         (Start::Leaving, State::Leaving),
+        (Start::LeavingWithIncoming, State::Leaving),
         (Start::LeavingForError, State::Leaving),
         (Start::LeavingAfterFailure, State::Leaving),
         (Start::ShuttingDown, State::Leaving),
@@ -716,164 +725,6 @@ fn token_error_is_reported_as_such() {
         m.status().last_error.as_deref(),
         Some("access token: M_UNKNOWN_TOKEN")
     );
-}
-
-// ---- property test -------------------------------------------------------------------
-
-/// One step of a random run: an event, a pause, or a driver firing its earliest timer.
-#[derive(Debug, Clone)]
-enum Op {
-    Event(Event),
-    Wait(u64),
-    FireDue,
-}
-
-fn any_timer() -> impl Strategy<Value = Timer> {
-    prop_oneof![
-        Just(Timer::RingTimeout),
-        Just(Timer::AloneGrace),
-        Just(Timer::MaxDurationWarning),
-        Just(Timer::MaxDuration),
-        Just(Timer::Backoff),
-        Just(Timer::LeaveDeadline),
-    ]
-}
-
-fn any_user() -> impl Strategy<Value = String> {
-    prop_oneof![Just(ALICE.to_string()), Just(BOB.to_string())]
-}
-
-fn any_event() -> impl Strategy<Value = Event> {
-    prop_oneof![
-        4 => Just(Event::ButtonPressed),
-        1 => Just(Event::LeaveRequested),
-        3 => Just(Event::Joined),
-        3 => any_user().prop_map(|user| Event::MemberJoined { user }),
-        3 => any_user().prop_map(|user| Event::MemberLeft { user }),
-        1 => Just(Event::CallEnded),
-        1 => Just(Event::IncomingCall),
-        1 => Just(Event::IncomingCallGone),
-        3 => Just(Event::Left),
-        1 => Just(Event::NetworkLost),
-        1 => Just(Event::NetworkBack),
-        1 => Just(Event::Failed { reason: "x".into() }),
-        1 => Just(Event::TokenError { reason: "y".into() }),
-        1 => any_user().prop_map(|user| Event::DoorOpenRequested { user }),
-        1 => any_timer().prop_map(Event::TimerFired),
-        1 => Just(Event::Shutdown),
-    ]
-}
-
-fn any_op() -> impl Strategy<Value = Op> {
-    prop_oneof![
-        6 => any_event().prop_map(Op::Event),
-        1 => (0u64..120_000).prop_map(Op::Wait),
-        2 => Just(Op::FireDue),
-    ]
-}
-
-/// A model driver: carries out the actions and checks the machine's promises.
-struct Driver {
-    m: CallMachine,
-    now: Instant,
-    member: bool,
-    leave_pending: bool,
-    exited: bool,
-    timers: HashMap<Timer, Instant>,
-}
-
-impl Driver {
-    fn feed(&mut self, event: Event) -> Result<(), TestCaseError> {
-        if event == Event::Left {
-            self.leave_pending = false;
-        }
-        let actions = self.m.handle(self.now, event.clone());
-        for a in actions {
-            prop_assert!(!self.exited, "{a:?} after Exit");
-            match a {
-                Action::Join => {
-                    prop_assert!(!self.member, "second Join without Leave ({event:?})");
-                    prop_assert!(!self.leave_pending, "Join before the Leave was answered");
-                    self.member = true;
-                }
-                Action::Leave => {
-                    prop_assert!(self.member, "Leave while not a member ({event:?})");
-                    self.member = false;
-                    self.leave_pending = true;
-                }
-                Action::ArmTimer { timer, after } => {
-                    self.timers.insert(timer, self.now + after);
-                }
-                Action::CancelTimer(timer) => {
-                    self.timers.remove(&timer);
-                }
-                Action::Exit => self.exited = true,
-                _ => {}
-            }
-        }
-        prop_assert_eq!(self.m.state() == State::Stopped, self.exited);
-        Ok(())
-    }
-
-    fn fire_due(&mut self) -> Result<bool, TestCaseError> {
-        let Some((&timer, &at)) = self.timers.iter().min_by_key(|(_, at)| **at) else {
-            return Ok(false);
-        };
-        self.timers.remove(&timer);
-        self.now = self.now.max(at);
-        self.feed(Event::TimerFired(timer))?;
-        Ok(true)
-    }
-}
-
-fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
-    let mut d = Driver {
-        m: CallMachine::new(timings()),
-        now: Instant::now(),
-        member: false,
-        leave_pending: false,
-        exited: false,
-        timers: HashMap::new(),
-    };
-    for op in ops {
-        match op {
-            Op::Event(e) => d.feed(e)?,
-            Op::Wait(ms) => d.now += Duration::from_millis(ms),
-            Op::FireDue => {
-                d.fire_due()?;
-            }
-        }
-    }
-    d.feed(Event::Shutdown)?;
-    // The driver answers an outstanding Leave with Left, and fires timers, until Exit.
-    for _ in 0..10 {
-        if d.exited {
-            break;
-        }
-        if d.leave_pending {
-            d.feed(Event::Left)?;
-        } else if !d.fire_due()? {
-            break;
-        }
-    }
-    prop_assert!(d.exited, "no Exit; machine in {:?}", d.m.state());
-    prop_assert!(!d.member, "still a member at exit");
-    prop_assert!(!d.m.is_member());
-    Ok(())
-}
-
-proptest! {
-    #![proptest_config(ProptestConfig {
-        cases: 400,
-        rng_seed: proptest::test_runner::RngSeed::Fixed(0x1c_0ffe),
-        failure_persistence: None,
-        ..ProptestConfig::default()
-    })]
-
-    #[test]
-    fn never_left_a_member_and_always_exits(ops in prop::collection::vec(any_op(), 0..60)) {
-        run(ops)?;
-    }
 }
 
 /// The same promise when the driver never answers the Leave: the deadline ends it.
