@@ -106,7 +106,9 @@ pub enum StartError {
     NoPython(String),
     #[error("cannot prepare the stack: {0}")]
     Io(#[from] std::io::Error),
-    #[error("mi-devstack exited ({status}) before writing {out}; last lines of its log:\n{log_tail}")]
+    #[error(
+        "mi-devstack exited ({status}) before writing {out}; last lines of its log:\n{log_tail}"
+    )]
     Exited {
         status: ExitStatus,
         out: PathBuf,
@@ -202,9 +204,11 @@ impl DevStack {
         let binary = find_binary(opts.binary)?;
         let python = match opts.python {
             Some(p) => p,
-            None => test_python().map_err(StartError::NoPython)?.ok_or_else(|| {
-                StartError::NoPython("set MI_PYTHON or run scripts/setup.sh".into())
-            })?,
+            None => test_python()
+                .map_err(StartError::NoPython)?
+                .ok_or_else(|| {
+                    StartError::NoPython("set MI_PYTHON or run scripts/setup.sh".into())
+                })?,
         };
         let (temp, dir) = match opts.dir {
             Some(d) => (None, d),
@@ -349,7 +353,10 @@ impl Running {
 impl Drop for Running {
     fn drop(&mut self) {
         if let Err(e) = self.shutdown() {
-            eprintln!("mi-devstack handle: cannot stop pid {}: {e}", self.child.id());
+            eprintln!(
+                "mi-devstack handle: cannot stop pid {}: {e}",
+                self.child.id()
+            );
         }
     }
 }

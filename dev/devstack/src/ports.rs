@@ -17,7 +17,7 @@ pub struct PortUse {
 /// A port cannot be used.
 #[derive(Debug, thiserror::Error)]
 pub enum PortError {
-    #[error("{proto} port {port} on {ip} (for {what}) is already in use ({source}); stop whatever holds it or pick another port with {flag}")]
+    #[error("{proto} port {port} on {ip} (for {what}) is already in use; stop whatever holds it or pick another port with {flag}")]
     InUse {
         proto: &'static str,
         port: u16,

@@ -114,7 +114,12 @@ pub fn spawn(
 
 type ReadySender = Arc<Mutex<Option<oneshot::Sender<String>>>>;
 
-fn forward(name: &'static str, stream: impl Read + Send + 'static, marker: &'static str, tx: ReadySender) {
+fn forward(
+    name: &'static str,
+    stream: impl Read + Send + 'static,
+    marker: &'static str,
+    tx: ReadySender,
+) {
     let spawned = std::thread::Builder::new()
         .name(format!("out-{name}"))
         .spawn(move || {
@@ -200,7 +205,15 @@ mod tests {
         let mut cmd = Command::new("sh");
         // A grandchild that would survive if only the direct child were killed.
         cmd.args(["-c", "sleep 300 & echo ready; wait"]);
-        let started = spawn("sh", cmd, Output::Forward { ready_marker: "ready" }, tx).unwrap();
+        let started = spawn(
+            "sh",
+            cmd,
+            Output::Forward {
+                ready_marker: "ready",
+            },
+            tx,
+        )
+        .unwrap();
         let line = tokio::time::timeout(Duration::from_secs(10), started.ready.unwrap())
             .await
             .unwrap()

@@ -286,8 +286,14 @@ async fn start(
         .build()
         .context("cannot build the HTTP client")?;
     let synapse_status = || children.0[0].exit_status().map(process::describe);
-    let took = synapse::wait_ready(&http, &homeserver_url, &dir, SYNAPSE_TIMEOUT, synapse_status)
-        .await?;
+    let took = synapse::wait_ready(
+        &http,
+        &homeserver_url,
+        &dir,
+        SYNAPSE_TIMEOUT,
+        synapse_status,
+    )
+    .await?;
     println!("synapse ready in {:.1} s", took.as_secs_f64());
     for (name, ready) in waits {
         match tokio::time::timeout(HELPER_TIMEOUT, ready).await {
@@ -298,8 +304,8 @@ async fn start(
     }
 
     let hs = Homeserver::new(http, &homeserver_url)?;
-    let made = provision::provision(&hs, &dir, SERVER_NAME, &shared_secret, cli.encrypted_room)
-        .await?;
+    let made =
+        provision::provision(&hs, &dir, SERVER_NAME, &shared_secret, cli.encrypted_room).await?;
     let (encrypted_room_id, encrypted_room_alias) = made.encrypted_room.unzip();
     let info = StackInfo {
         version: SCHEMA_VERSION,
@@ -333,7 +339,11 @@ async fn start(
         info.homeserver_url,
         info.room_alias,
         info.room_id,
-        if start_token && start_sfu { "" } else { " -- WITHOUT token service and/or SFU, see warnings above" }
+        if start_token && start_sfu {
+            ""
+        } else {
+            " -- WITHOUT token service and/or SFU, see warnings above"
+        }
     );
     Ok((info, out))
 }

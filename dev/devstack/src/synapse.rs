@@ -53,7 +53,9 @@ pub enum SynapseError {
         output: PathBuf,
         log: PathBuf,
     },
-    #[error("Synapse did not answer /_matrix/client/versions within {secs} s; see {output} and {log}")]
+    #[error(
+        "Synapse did not answer /_matrix/client/versions within {secs} s; see {output} and {log}"
+    )]
     NotReady {
         secs: u64,
         output: PathBuf,
@@ -154,11 +156,9 @@ pub fn write_files(s: &SynapseSettings<'_>) -> Result<(), SynapseError> {
             "ed25519 a_{version} {}\n",
             base64::engine::general_purpose::STANDARD_NO_PAD.encode(seed)
         );
-        write_private_atomic(&key_path, line.as_bytes()).map_err(|source| {
-            SynapseError::Write {
-                path: key_path.clone(),
-                source,
-            }
+        write_private_atomic(&key_path, line.as_bytes()).map_err(|source| SynapseError::Write {
+            path: key_path.clone(),
+            source,
         })?;
     }
     Ok(())
@@ -203,11 +203,7 @@ pub async fn wait_ready(
                 log: dir.join(LOG_FILE),
             });
         }
-        let probe = http
-            .get(&url)
-            .timeout(Duration::from_secs(2))
-            .send()
-            .await;
+        let probe = http.get(&url).timeout(Duration::from_secs(2)).send().await;
         if matches!(probe, Ok(ref r) if r.status().is_success()) {
             return Ok(start.elapsed());
         }
