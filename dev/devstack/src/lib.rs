@@ -44,8 +44,8 @@
 //!
 //! - `intercom` is the device's account: it has no open session (the device logs in itself
 //!   with the password). Residents have a session of their own for this run.
-//! - Both rooms are private (`private_chat`), created by alice (power 100); bob and intercom are
-//!   joined. Power levels: `events["org.matrix.msc3401.call.member"] = 0` and
+//! - Both rooms are private (`private_chat`), created by alice (the creator: full power, in room
+//!   version 12 not listed in `users`); bob and intercom are joined. Power levels: `events["org.matrix.msc3401.call.member"] = 0` and
 //!   `events["org.matrix.msc4075.rtc.notification"] = 0`, `users_default` 0.
 //! - `encrypted_room_*` are set only with `--encrypted-room` (`m.room.encryption` megolm).
 //! - `pids.token_service` / `pids.sfu` are `null` when that binary was missing and not started

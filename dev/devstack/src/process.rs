@@ -96,6 +96,7 @@ pub fn spawn(
         ready = Some(rx);
     }
     let pid = child.id();
+    eprintln!("mi-devstack: started {name} (pid {pid})");
     let status = Arc::new(Mutex::new(None));
     let status_w = status.clone();
     std::thread::Builder::new()

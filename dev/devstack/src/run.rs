@@ -399,7 +399,7 @@ impl StopRequests {
     }
 }
 
-/// Used by tests of [`crate::DevStack`]: the default stack file of a working directory.
+/// The stack file of a working directory when `--out` is not given.
 pub fn default_out(dir: &Path) -> PathBuf {
     dir.join("stack.json")
 }
