@@ -3,7 +3,6 @@
 //! drop. Also finds the Python interpreter tests should use. Owns the `mi-devstack` child
 //! process only; everything inside the stack belongs to that process.
 
-use std::io::Read as _;
 use std::net::{IpAddr, TcpListener, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
@@ -187,15 +186,6 @@ fn free_ports() -> std::io::Result<(u16, u16, u16, u16)> {
     ))
 }
 
-fn tail(path: &Path, lines: usize) -> String {
-    let mut text = String::new();
-    if let Ok(mut f) = std::fs::File::open(path) {
-        let _ = f.read_to_string(&mut text);
-    }
-    let all: Vec<&str> = text.lines().collect();
-    all[all.len().saturating_sub(lines)..].join("\n")
-}
-
 impl DevStack {
     /// Runs `mi-devstack` and waits for its stack file (blocking, at most `opts.timeout`).
     /// The stack stops when the handle is dropped, or when this process dies (the devstack
@@ -273,7 +263,7 @@ impl DevStack {
                 return Err(StartError::Exited {
                     status,
                     out: running.out.clone(),
-                    log_tail: tail(&running.log, 30),
+                    log_tail: crate::process::tail(&running.log, 30),
                 });
             }
             // The file is renamed into place, so it is either absent or complete.
@@ -286,7 +276,7 @@ impl DevStack {
                 return Err(StartError::Timeout {
                     out: running.out.clone(),
                     secs: opts.timeout.as_secs(),
-                    log_tail: tail(&running.log, 30),
+                    log_tail: crate::process::tail(&running.log, 30),
                 });
             }
             std::thread::sleep(Duration::from_millis(50));

@@ -139,6 +139,14 @@ fn forward(
     }
 }
 
+/// The last `lines` lines of a text file (empty if it cannot be read), for error messages.
+pub fn tail(path: &Path, lines: usize) -> String {
+    let text = std::fs::read(path).unwrap_or_default();
+    let text = String::from_utf8_lossy(&text);
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
 /// Describes an exit status for people.
 pub fn describe(status: ExitStatus) -> String {
     match (status.code(), status.signal()) {

@@ -47,11 +47,12 @@ pub enum SynapseError {
     },
     #[error("cannot read random bytes for the signing key: {0}")]
     Random(std::io::Error),
-    #[error("Synapse exited during start-up ({status}); see {output} and {log}")]
+    #[error("Synapse exited during start-up ({status}); see {output} and {log}; its last output:\n{output_tail}")]
     Exited {
         status: String,
         output: PathBuf,
         log: PathBuf,
+        output_tail: String,
     },
     #[error(
         "Synapse did not answer /_matrix/client/versions within {secs} s; see {output} and {log}"
@@ -201,6 +202,7 @@ pub async fn wait_ready(
                 status,
                 output: dir.join(OUTPUT_FILE),
                 log: dir.join(LOG_FILE),
+                output_tail: crate::process::tail(&dir.join(OUTPUT_FILE), 15),
             });
         }
         let probe = http.get(&url).timeout(Duration::from_secs(2)).send().await;

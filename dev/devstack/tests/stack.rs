@@ -73,7 +73,7 @@ async fn fresh_stack_serves_matrixrtc_to_residents_and_refuses_a_second_start() 
     let stack = DevStack::start(options(python.clone())).expect("stack starts");
     let info = stack.info.clone();
     let hs = &info.homeserver_url;
-    let http = Client::new();
+    let http = Client::builder().no_proxy().build().unwrap();
     let alice = token(&info, "alice");
 
     // MatrixRTC transports and delayed events are advertised.
@@ -251,7 +251,7 @@ async fn a_reused_dir_keeps_accounts_and_room_and_adds_the_encrypted_room() {
     assert_eq!(info.users.alice.password, before.users.alice.password);
     assert_eq!(info.users.alice.device_id, before.users.alice.device_id);
     let hs = &info.homeserver_url;
-    let http = Client::new();
+    let http = Client::builder().no_proxy().build().unwrap();
     let bob = token(&info, "bob");
     let (status, whoami) = call(
         &http,
@@ -294,4 +294,26 @@ async fn a_reused_dir_keeps_accounts_and_room_and_adds_the_encrypted_room() {
     unsafe { libc::kill(info.pids.devstack as libc::pid_t, libc::SIGTERM) };
     assert!(second.stop().unwrap().success());
     wait_gone(info.pids.synapse);
+}
+
+#[test]
+fn a_python_without_synapse_fails_the_start_with_its_output() {
+    let bin = tempfile::tempdir().unwrap();
+    let python = bin.path().join("python");
+    std::fs::write(
+        &python,
+        "#!/bin/sh\necho 'No module named synapse' >&2\nexit 1\n",
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&python, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let err = DevStack::start(options(python))
+        .err()
+        .expect("start must fail");
+    let text = err.to_string();
+    assert!(
+        text.contains("Synapse exited during start-up (exit code 1)"),
+        "{text}"
+    );
+    assert!(text.contains("No module named synapse"), "{text}");
 }
