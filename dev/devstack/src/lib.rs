@@ -52,6 +52,13 @@
 //!   (the URLs are still filled in: Synapse advertises the token service URL regardless).
 //! - The file is removed when the stack stops.
 //!
+//! Helpers: `mi-test-sfu --listen BIND:SFU_PORT --udp BIND:UDP_PORT --advertise ADVERTISE --key K
+//! --secret S` and `mi-token-service --listen 127.0.0.1:TOKEN_PORT --livekit-url ws://ADVERTISE:SFU_PORT
+//! --livekit-key K --homeserver localhost=http://127.0.0.1:SYNAPSE_PORT --allow-insecure-loopback
+//! --sfu-admin-url http://BIND:SFU_PORT` with `LIVEKIT_SECRET=S` in its environment; both are
+//! ready once they print `listening on`; their output is copied to stderr as `[sfu] …` /
+//! `[token-service] …`. A missing binary is skipped with a loud warning.
+//!
 //! Synapse: `server_name` `localhost`, sqlite, one listener on 127.0.0.1 with `client`,
 //! `federation` and `openid`; `experimental_features.msc4143_enabled`/`msc4222_enabled`,
 //! `max_event_delay_duration: 24h` (MSC4140), loosened rate limits, `matrix_rtc.transports` =

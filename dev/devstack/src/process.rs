@@ -80,7 +80,10 @@ pub fn spawn(
             cmd.stdout(file.try_clone()?).stderr(file);
         }
         Output::Forward { .. } => {
-            cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+            // The lines end up in a terminal or a log file after our prefix: no colour codes.
+            cmd.stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .env("NO_COLOR", "1");
         }
     }
     let mut child = cmd.spawn()?;

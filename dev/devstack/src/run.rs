@@ -266,8 +266,8 @@ async fn start(
             .arg(&livekit_url)
             .arg("--livekit-key")
             .arg(&livekit_key)
-            .arg("--livekit-secret")
-            .arg(livekit_secret.expose())
+            // Its environment, unlike its command line, is not readable by other users.
+            .env("LIVEKIT_SECRET", livekit_secret.expose())
             .arg("--homeserver")
             .arg(format!("{SERVER_NAME}={homeserver_url}"))
             .arg("--allow-insecure-loopback")
@@ -348,6 +348,7 @@ async fn start(
     Ok((info, out))
 }
 
+/// Output handling of the helpers (their log lines are copied to our stderr).
 fn forward() -> Output<'static> {
     Output::Forward {
         ready_marker: READY_MARKER,

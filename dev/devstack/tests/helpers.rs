@@ -9,15 +9,12 @@ use std::time::{Duration, Instant};
 
 use mi_devstack::{DevStack, DevStackOptions, StartError};
 
-/// A helper script that writes its arguments (one per line) to `<path>.args`, prints the ready
-/// line naming its `--listen` address (`$2`), then waits.
+/// A helper script that writes its arguments (one per line, then `env LIVEKIT_SECRET=…`) to
+/// `<path>.args`, then runs `body`.
 fn fake_helper(dir: &Path, name: &str, body: &str) -> PathBuf {
     let path = dir.join(name);
-    std::fs::write(
-        &path,
-        format!("#!/bin/sh\nprintf '%s\\n' \"$@\" > \"$0.args\"\n{body}\n"),
-    )
-    .unwrap();
+    let record = "printf '%s\\n' \"$@\" \"env LIVEKIT_SECRET=$LIVEKIT_SECRET\" > \"$0.args\"";
+    std::fs::write(&path, format!("#!/bin/sh\n{record}\n{body}\n")).unwrap();
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
     path
 }
@@ -77,7 +74,15 @@ fn helpers_get_the_stack_urls_and_key_pair_and_stop_with_the_stack() {
     );
     assert_eq!(arg(&t, "--livekit-url"), info.livekit.url);
     assert_eq!(arg(&t, "--livekit-key"), info.livekit.key);
-    assert_eq!(arg(&t, "--livekit-secret"), info.livekit.secret.expose());
+    // The token service gets the secret in its environment, not on its command line.
+    let env_line = format!("env LIVEKIT_SECRET={}", info.livekit.secret.expose());
+    assert_eq!(t.last(), Some(&env_line));
+    assert_eq!(
+        t.iter()
+            .filter(|a| a.contains(info.livekit.secret.expose()))
+            .count(),
+        1
+    );
     assert_eq!(
         arg(&t, "--homeserver"),
         format!("localhost={}", info.homeserver_url)
