@@ -187,7 +187,9 @@ fn free_ports() -> std::io::Result<(u16, u16, u16, u16)> {
 }
 
 impl DevStack {
-    /// Runs `mi-devstack` and waits for its stack file (blocking, at most `opts.timeout`).
+    /// Runs `mi-devstack` and waits for its stack file (blocking, at most `opts.timeout`; from
+    /// async code that must keep running meanwhile, call it through
+    /// `tokio::task::spawn_blocking`).
     /// The stack stops when the handle is dropped, or when this process dies (the devstack
     /// runs with `--stop-on-stdin-eof` on a pipe held by the handle).
     pub fn start(opts: DevStackOptions) -> Result<DevStackHandle, StartError> {

@@ -151,6 +151,9 @@ async fn start(
         bail!("Python {} does not exist; pass --python or set MI_PYTHON to the python of a venv with matrix-synapse", python.display());
     }
     let advertise = cli.sfu_advertise.unwrap_or(cli.sfu_bind);
+    if advertise.is_unspecified() {
+        bail!("the SFU would advertise {advertise}, which clients cannot reach; give --sfu-advertise IP (or bind to a specific address with --sfu-bind)");
+    }
     let sfu_admin_ip = if cli.sfu_bind.is_unspecified() {
         IpAddr::V4(Ipv4Addr::LOCALHOST)
     } else {
