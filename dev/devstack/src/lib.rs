@@ -13,6 +13,25 @@
 //!             [--stop-on-stdin-eof] [--synapse-access-log]
 //! ```
 //!
+//! In a test (the `mi-devstack`, `mi-token-service` and `mi-test-sfu` binaries must be built,
+//! e.g. by `cargo test --workspace`; otherwise set `MI_DEVSTACK_BIN`):
+//!
+//! ```no_run
+//! use mi_devstack::{DevStack, DevStackOptions};
+//! # fn main() -> Result<(), mi_devstack::StartError> {
+//! let Some(python) = mi_devstack::test_python_or_skip("door_rings") else { return Ok(()) };
+//! let stack = DevStack::start(DevStackOptions {
+//!     python: Some(python),
+//!     encrypted_room: true,
+//!     ..DevStackOptions::default()
+//! })?;
+//! let hs = &stack.info.homeserver_url;
+//! let device = &stack.info.users.intercom; // log in with device.password.expose()
+//! # let _ = (hs, device);
+//! # Ok(()) }
+//! // Dropping `stack` stops Synapse and the helpers and deletes the temporary directory.
+//! ```
+//!
 //! # The stack file (schema version 1)
 //!
 //! Stable keys; new keys may be added, none renamed or removed without bumping `version`.
