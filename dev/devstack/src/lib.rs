@@ -86,6 +86,7 @@
 //! survive, users log in again, the rooms are found by alias.
 
 pub mod handle;
+pub mod helpers;
 pub mod info;
 pub mod matrix;
 pub mod ports;
