@@ -4,10 +4,10 @@
 //! [`Event`]s for the [`CallMachine`] and carries out the [`Action`]s it returns. Decides nothing
 //! itself.
 
-use crate::config::{CallConfig, LoadedConfig};
+use crate::config::{CallConfig, Config, LoadedConfig};
 use crate::control::{ControlServer, Request, Status};
-use crate::machine::{Action, CallMachine, Event, Timer, Timings};
-use std::collections::HashMap;
+use crate::gpio;
+use crate::machine::{Action, CallMachine, Event, LedPattern, MachineStatus, Timings};
 use std::time::{Duration, Instant};
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::{mpsc, watch};
@@ -23,35 +23,68 @@ pub fn timings(call: &CallConfig) -> Timings {
     }
 }
 
-/// Armed timers and their deadlines.
-#[derive(Debug, Default)]
-struct Timers {
-    armed: HashMap<Timer, tokio::time::Instant>,
+fn state_name(status: &MachineStatus) -> String {
+    format!("{:?}", status.state).to_lowercase()
 }
 
-impl Timers {
-    fn arm(&mut self, timer: Timer, after: Duration) {
-        self.armed
-            .insert(timer, tokio::time::Instant::now() + after);
-    }
+/// The outputs: LED and door relay, each optional.
+struct Outputs {
+    led: Option<watch::Sender<LedPattern>>,
+    relay: Option<mpsc::Sender<()>>,
+}
 
-    fn cancel(&mut self, timer: Timer) {
-        self.armed.remove(&timer);
-    }
-
-    /// Waits for the earliest timer and disarms it; pending forever when none is armed.
-    async fn next(&mut self) -> Timer {
-        let Some((&timer, &at)) = self.armed.iter().min_by_key(|(_, at)| **at) else {
-            return std::future::pending().await;
-        };
-        tokio::time::sleep_until(at).await;
-        self.armed.remove(&timer);
-        timer
+impl Outputs {
+    /// Opens the configured lines; a line that cannot be opened is reported and left out
+    /// (the intercom still works without its LED or relay).
+    fn open(cfg: &Config) -> Self {
+        let led = cfg.led.as_ref().and_then(|c| match gpio::Led::open(c) {
+            Ok(led) => {
+                let (tx, rx) = watch::channel(LedPattern::Heartbeat);
+                tokio::spawn(async move {
+                    if let Err(e) = led.run(rx).await {
+                        tracing::error!("LED: {e}");
+                    }
+                });
+                Some(tx)
+            }
+            Err(e) => {
+                tracing::error!("LED disabled: {e}");
+                None
+            }
+        });
+        let relay = cfg.relay.as_ref().and_then(|c| match gpio::Relay::open(c) {
+            Ok(relay) => {
+                let (tx, rx) = mpsc::channel(4);
+                tokio::spawn(async move {
+                    if let Err(e) = relay.run(rx).await {
+                        tracing::error!("relay: {e}");
+                    }
+                });
+                Some(tx)
+            }
+            Err(e) => {
+                tracing::error!("door relay disabled: {e}");
+                None
+            }
+        });
+        Self { led, relay }
     }
 }
 
-fn state_name(machine: &CallMachine) -> String {
-    format!("{:?}", machine.state()).to_lowercase()
+/// Starts the button driver; presses arrive on the returned channel. A button that cannot be
+/// opened is a startup error naming chip and line.
+fn start_button(cfg: &Config) -> anyhow::Result<mpsc::Receiver<()>> {
+    let (tx, rx) = mpsc::channel(4);
+    if cfg.button.enabled {
+        let button = gpio::Button::open(&cfg.button)?;
+        tracing::info!(line = ?button.line(), "button ready");
+        tokio::spawn(async move {
+            if let Err(e) = button.run(tx).await {
+                tracing::error!("button: {e}");
+            }
+        });
+    }
+    Ok(rx)
 }
 
 /// Runs until SIGTERM/SIGINT (leaving any call first).
@@ -59,30 +92,31 @@ pub async fn run(loaded: LoadedConfig) -> anyhow::Result<()> {
     let cfg = loaded.config;
     let started = Instant::now();
     let mut machine = CallMachine::new(timings(&cfg.call));
-    let status_of = |machine: &CallMachine, last_error: &Option<String>| Status {
-        state: state_name(machine),
+    let status_of = |m: &MachineStatus| Status {
+        state: state_name(m),
         room: cfg.matrix.room.clone(),
-        participants: Vec::new(),
-        last_error: last_error.clone(),
+        participants: m.members.clone(),
+        last_error: m.last_error.clone(),
         uptime_s: started.elapsed().as_secs(),
-        call_duration_s: None,
+        call_duration_s: m.call_started_at.map(|t| t.elapsed().as_secs()),
     };
-    let mut last_error: Option<String> = None;
-    let (status_tx, status_rx) = watch::channel(status_of(&machine, &last_error));
+    let (status_tx, status_rx) = watch::channel(status_of(&machine.status()));
     let (req_tx, mut req_rx) = mpsc::channel(8);
     let _control = ControlServer::bind(&cfg.control.socket, req_tx, status_rx).await?;
+    let mut presses = start_button(&cfg)?;
+    let outputs = Outputs::open(&cfg);
     let (_event_tx, mut event_rx) = mpsc::channel::<Event>(64);
-    let mut timers = Timers::default();
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut watchdog = crate::systemd::watchdog_interval().map(tokio::time::interval);
-    crate::systemd::notify(&format!("READY=1\nSTATUS={}", state_name(&machine)));
+    crate::systemd::notify(&format!("READY=1\nSTATUS={}", state_name(&machine.status())));
     tracing::info!(
         room = %cfg.matrix.room,
         socket = %cfg.control.socket.display(),
         "matrix-intercom running"
     );
     loop {
+        let deadline = machine.next_deadline();
         let event = tokio::select! {
             Some((req, ack)) = req_rx.recv() => {
                 let _ = ack.send(());
@@ -91,9 +125,18 @@ pub async fn run(loaded: LoadedConfig) -> anyhow::Result<()> {
                     Request::Leave => Event::LeaveRequested,
                 }
             }
+            Some(()) = presses.recv() => Event::ButtonPressed,
             Some(event) = event_rx.recv() => event,
-            timer = timers.next() => Event::TimerFired(timer),
-            _ = async { watchdog.as_mut().unwrap().tick().await }, if watchdog.is_some() => {
+            _ = async {
+                match deadline {
+                    Some((_, at)) => tokio::time::sleep_until(at.into()).await,
+                    None => std::future::pending().await,
+                }
+            } => match deadline {
+                Some((timer, _)) => Event::TimerFired(timer),
+                None => continue,
+            },
+            _ = async { watchdog.as_mut().expect("guarded").tick().await }, if watchdog.is_some() => {
                 crate::systemd::notify("WATCHDOG=1");
                 continue;
             }
@@ -101,19 +144,25 @@ pub async fn run(loaded: LoadedConfig) -> anyhow::Result<()> {
             _ = sigint.recv() => Event::Shutdown,
         };
         tracing::debug!(?event, "event");
-        if let Event::Failed { reason } | Event::TokenError { reason } = &event {
-            last_error = Some(reason.clone());
-        }
-        let shutdown = event == Event::Shutdown;
-        if shutdown {
+        if event == Event::Shutdown {
             crate::systemd::notify("STOPPING=1");
         }
         let before = machine.state();
         for action in machine.handle(Instant::now(), event) {
             tracing::debug!(?action, "action");
             match action {
-                Action::ArmTimer { timer, after } => timers.arm(timer, after),
-                Action::CancelTimer(timer) => timers.cancel(timer),
+                // Timers are polled through `next_deadline`.
+                Action::ArmTimer { .. } | Action::CancelTimer(_) => {}
+                Action::SetLed(pattern) => {
+                    if let Some(led) = &outputs.led {
+                        led.send_replace(pattern);
+                    }
+                }
+                Action::PulseRelay => {
+                    if let Some(relay) = &outputs.relay {
+                        let _ = relay.try_send(());
+                    }
+                }
                 Action::Exit => {
                     tracing::info!("stopped");
                     return Ok(());
@@ -121,13 +170,11 @@ pub async fn run(loaded: LoadedConfig) -> anyhow::Result<()> {
                 other => tracing::info!(action = ?other, "no driver for this action yet"),
             }
         }
-        if shutdown && machine.state() == crate::machine::State::Idle {
-            tracing::info!("stopped");
-            return Ok(());
+        let status = machine.status();
+        if status.state != before {
+            tracing::info!(state = %state_name(&status), "state");
+            crate::systemd::notify(&format!("STATUS={}", state_name(&status)));
         }
-        if machine.state() != before {
-            crate::systemd::notify(&format!("STATUS={}", state_name(&machine)));
-        }
-        status_tx.send_replace(status_of(&machine, &last_error));
+        status_tx.send_replace(status_of(&status));
     }
 }
