@@ -102,14 +102,16 @@ echo "intercom running (log: $demo/intercom.log)"
 echo "keys: [Enter] press the button   s = status   q = quit"
 while true; do
     printf '\r%s   ' "$(ctl status 2>&1)"
-    if read -r -t 1 key; then
+    rc=0
+    read -r -t 1 key || rc=$?
+    if ((rc == 0)); then
         case $key in
         q) break ;;
         s) echo; ctl status ;;
         *) ctl press && echo && echo "button pressed" ;;
         esac
-    elif [[ ! -t 0 ]] && ! read -r -t 0; then
-        # No keyboard (stdin closed): show a single press/leave cycle and stop.
+    elif ((rc <= 128)); then
+        # No keyboard (stdin closed): show one press/leave cycle and stop.
         echo; ctl press; sleep 5; ctl status; ctl press; sleep 2; ctl status; break
     fi
 done
