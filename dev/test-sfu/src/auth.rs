@@ -136,20 +136,5 @@ mod tests {
             auth.join_grant(Some(&no_join), None).unwrap_err().status(),
             401
         );
-        let no_room = token(
-            VideoGrants {
-                room_join: true,
-                ..Default::default()
-            },
-            "a",
-        );
-        assert_eq!(
-            auth.join_grant(Some(&no_room), None).unwrap_err(),
-            AuthError::NoRoom
-        );
-        assert_eq!(
-            auth.join_grant(Some(&no_room), Some("q")).unwrap().room,
-            "q"
-        );
     }
 }
