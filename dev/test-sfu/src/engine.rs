@@ -30,7 +30,8 @@ pub enum ConnMsg {
 /// Room-service (Twirp) requests.
 #[derive(Debug)]
 pub enum Admin {
-    CreateRoom(proto::CreateRoomRequest, oneshot::Sender<proto::Room>),
+    /// Create (or return the existing) room of this name.
+    CreateRoom(String, oneshot::Sender<proto::Room>),
     DeleteRoom(String, oneshot::Sender<bool>),
     ListParticipants(String, oneshot::Sender<Option<Vec<proto::ParticipantInfo>>>),
     ListRooms(Vec<String>, oneshot::Sender<Vec<proto::Room>>),
@@ -47,7 +48,7 @@ pub enum Command {
         tx: mpsc::UnboundedSender<ConnMsg>,
         reply: oneshot::Sender<Result<Pid, JoinError>>,
     },
-    Signal(Pid, Req),
+    Signal(Pid, Box<Req>),
     /// The signalling connection ended without `leave`.
     Gone(Pid),
     Admin(Admin),
@@ -74,7 +75,7 @@ pub struct Engine {
 enum PeerEvent {
     Active(Pid),
     MediaLine(Pid, String),
-    Media(Pid, MediaData),
+    Media(Pid, Box<MediaData>),
 }
 
 impl Engine {
@@ -195,7 +196,7 @@ impl Engine {
                     let _ = reply.send(Err(e));
                 }
             },
-            Command::Signal(pid, req) => self.signal(&pid, req),
+            Command::Signal(pid, req) => self.signal(&pid, *req),
             Command::Gone(pid) => {
                 if self.core.contains(&pid) {
                     // Resume is not supported: a vanished client is dropped at once.
@@ -213,8 +214,8 @@ impl Engine {
 
     fn admin(&mut self, a: Admin) {
         match a {
-            Admin::CreateRoom(req, reply) => {
-                let room = self.core.create_room(&req.name, now_ms());
+            Admin::CreateRoom(name, reply) => {
+                let room = self.core.create_room(&name, now_ms());
                 let _ = reply.send(room);
             }
             Admin::DeleteRoom(name, reply) => {
@@ -364,7 +365,7 @@ impl Engine {
                                 events.push(PeerEvent::MediaLine(pid.clone(), m.mid.to_string()))
                             }
                             Event::MediaData(d) if !is_sub => {
-                                events.push(PeerEvent::Media(pid.clone(), d))
+                                events.push(PeerEvent::Media(pid.clone(), Box::new(d)))
                             }
                             Event::IceConnectionStateChange(s) => {
                                 tracing::debug!(

@@ -33,6 +33,8 @@ pub enum JoinError {
 }
 
 /// An action the IO layer must carry out, in order.
+// Short-lived and moved once; boxing every signalling message buys nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
 pub enum Out {
     /// Send a signalling message to one participant.

@@ -195,7 +195,7 @@ async fn rtc_session(
                         if matches!(m, proto::signal_request::Message::Leave(_)) {
                             left = true;
                         }
-                        let _ = shared.engine.send(Command::Signal(pid.clone(), m));
+                        let _ = shared.engine.send(Command::Signal(pid.clone(), Box::new(m)));
                     }
                     Ok(_) => {}
                     Err(e) => tracing::debug!("{pid}: undecodable signal request: {e}"),

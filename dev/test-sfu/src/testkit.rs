@@ -293,27 +293,34 @@ impl Sfu {
     }
 }
 
-/// Start the Python SDK peer (`peer/lk_peer.py`) inside `ns`.
-pub fn start_peer(
-    python: &Path,
-    ns: &str,
-    url: &str,
-    token: &str,
-    tone_hz: u32,
-    expect_hz: u32,
-    duration_s: u32,
-    name: &str,
-) -> Result<LineProcess, TestkitError> {
+/// What one Python SDK peer (`peer/lk_peer.py`) does.
+#[derive(Debug, Clone)]
+pub struct PeerSpec<'a> {
+    /// Label for its output lines.
+    pub name: &'a str,
+    /// `ws://…` of the SFU.
+    pub url: &'a str,
+    pub token: &'a str,
+    /// Frequency of the sine it publishes.
+    pub tone_hz: u32,
+    /// Frequency its detector reports on.
+    pub expect_hz: u32,
+    /// It leaves after this long (or on stdin EOF).
+    pub duration_s: u32,
+}
+
+/// Start the Python SDK peer inside namespace `ns`.
+pub fn start_peer(python: &Path, ns: &str, spec: &PeerSpec) -> Result<LineProcess, TestkitError> {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("peer/lk_peer.py");
     let mut cmd = NetnsPair::command_in(ns, python);
     cmd.arg(script).args([
-        url,
-        token,
-        &tone_hz.to_string(),
-        &expect_hz.to_string(),
-        &duration_s.to_string(),
+        spec.url,
+        spec.token,
+        &spec.tone_hz.to_string(),
+        &spec.expect_hz.to_string(),
+        &spec.duration_s.to_string(),
     ]);
-    LineProcess::spawn(name, cmd)
+    LineProcess::spawn(spec.name, cmd)
 }
 
 /// A minimal blocking HTTP/1.1 request (for tests; run inside a namespace with

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use common::*;
-use mi_test_sfu::testkit::{start_peer, LineProcess, NetnsPair, Sfu};
+use mi_test_sfu::testkit::{start_peer, LineProcess, NetnsPair, PeerSpec, Sfu};
 use serde_json::Value;
 
 struct Setup {
@@ -33,17 +33,16 @@ fn setup(extra: &[&str]) -> Option<Setup> {
 
 impl Setup {
     fn peer(&self, identity: &str, room: &str, tone: u32, expect: u32) -> LineProcess {
-        start_peer(
-            &self.python,
-            &self.net.py_ns,
-            &self.sfu.ws_url(),
-            &join_token(identity, room),
-            tone,
-            expect,
-            60,
-            identity,
-        )
-        .expect("peer started")
+        let (url, token) = (self.sfu.ws_url(), join_token(identity, room));
+        let spec = PeerSpec {
+            name: identity,
+            url: &url,
+            token: &token,
+            tone_hz: tone,
+            expect_hz: expect,
+            duration_s: 60,
+        };
+        start_peer(&self.python, &self.net.py_ns, &spec).expect("peer started")
     }
 
     fn twirp(&self, method: &'static str, room: &str, body: String) -> (u16, String) {
@@ -119,7 +118,9 @@ fn two_sdk_peers_hear_each_other_and_see_a_leave() {
 
 #[test]
 fn delete_room_disconnects_everyone_with_room_deleted() {
-    let Some(s) = setup(&["--no-auto-create"]) else { return };
+    let Some(s) = setup(&["--no-auto-create"]) else {
+        return;
+    };
     let (status, _) = s.twirp("CreateRoom", "doomed", r#"{"name":"doomed"}"#.into());
     assert_eq!(status, 200);
     let mut a = s.peer("carol", "doomed", 440, 1000);
@@ -146,5 +147,8 @@ fn sigterm_tells_participants_server_shutdown() {
         .wait_json(Duration::from_secs(20), event("disconnected"))
         .expect("peer disconnected");
     assert_eq!(v["reason"], "SERVER_SHUTDOWN");
-    assert!(s.sfu.process.wait_exit(Duration::from_secs(10)), "SFU exited");
+    assert!(
+        s.sfu.process.wait_exit(Duration::from_secs(10)),
+        "SFU exited"
+    );
 }
