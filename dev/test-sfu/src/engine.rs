@@ -37,6 +37,9 @@ pub enum Admin {
     ListRooms(Vec<String>, oneshot::Sender<Vec<proto::Room>>),
 }
 
+/// Identifies one signalling connection (a resume replaces the participant's connection).
+pub type ConnId = u64;
+
 /// To the engine.
 #[derive(Debug)]
 pub enum Command {
@@ -45,12 +48,22 @@ pub enum Command {
     /// Join: messages for the participant go to `tx` (JoinResponse first).
     Join {
         grant: JoinGrant,
+        conn: ConnId,
         tx: mpsc::UnboundedSender<ConnMsg>,
         reply: oneshot::Sender<Result<Pid, JoinError>>,
     },
+    /// Resume (`reconnect=1&sid=`): attach a new connection to a kept participant. `Err` =
+    /// unknown participant (the caller answers STATE_MISMATCH).
+    Resume {
+        pid: Pid,
+        grant: JoinGrant,
+        conn: ConnId,
+        tx: mpsc::UnboundedSender<ConnMsg>,
+        reply: oneshot::Sender<Result<(), ()>>,
+    },
     Signal(Pid, Box<Req>),
     /// The signalling connection ended without `leave`.
-    Gone(Pid),
+    Gone(Pid, ConnId),
     Admin(Admin),
     /// Tell everyone SERVER_SHUTDOWN and stop.
     Shutdown(oneshot::Sender<()>),
@@ -67,10 +80,15 @@ fn now_ms() -> i64 {
 pub struct Engine {
     core: Core,
     peers: BTreeMap<Pid, Peer>,
-    conns: BTreeMap<Pid, mpsc::UnboundedSender<ConnMsg>>,
+    conns: BTreeMap<Pid, (ConnId, mpsc::UnboundedSender<ConnMsg>)>,
     socket: UdpSocket,
     plan: NetPlan,
+    /// Participants whose signalling connection vanished, kept until the deadline for a resume.
+    detached: BTreeMap<Pid, Instant>,
 }
+
+/// How long a participant whose signalling connection vanished is kept for a resume.
+pub const RESUME_GRACE: Duration = Duration::from_secs(15);
 
 enum PeerEvent {
     Active(Pid),
@@ -86,6 +104,7 @@ impl Engine {
             conns: BTreeMap::new(),
             socket,
             plan,
+            detached: BTreeMap::new(),
         }
     }
 
@@ -118,7 +137,7 @@ impl Engine {
     }
 
     fn send(&self, pid: &str, msg: Resp) {
-        if let Some(tx) = self.conns.get(pid) {
+        if let Some((_, tx)) = self.conns.get(pid) {
             let _ = tx.send(ConnMsg::Send(Box::new(proto::SignalResponse {
                 message: Some(msg),
             })));
@@ -131,7 +150,7 @@ impl Engine {
             match o {
                 Out::Signal(pid, msg) => self.send(&pid, msg),
                 Out::Close(pid) => {
-                    if let Some(tx) = self.conns.remove(&pid) {
+                    if let Some((_, tx)) = self.conns.remove(&pid) {
                         let _ = tx.send(ConnMsg::Close);
                     }
                 }
@@ -178,12 +197,17 @@ impl Engine {
             Command::CheckRoom(room, reply) => {
                 let _ = reply.send(self.core.check_room(&room));
             }
-            Command::Join { grant, tx, reply } => match self.core.join(&grant, now_ms()) {
+            Command::Join {
+                grant,
+                conn,
+                tx,
+                reply,
+            } => match self.core.join(&grant, now_ms()) {
                 Ok((pid, join, out)) => {
                     let _ = tx.send(ConnMsg::Send(Box::new(proto::SignalResponse {
                         message: Some(Resp::Join(join)),
                     })));
-                    self.conns.insert(pid.clone(), tx);
+                    self.conns.insert(pid.clone(), (conn, tx));
                     self.peers
                         .insert(pid.clone(), Peer::new(self.plan.clone(), Instant::now()));
                     tracing::info!("{} joined {} as {pid}", grant.identity, grant.room);
@@ -197,15 +221,52 @@ impl Engine {
                 }
             },
             Command::Signal(pid, req) => self.signal(&pid, *req),
-            Command::Gone(pid) => {
-                if self.core.contains(&pid) {
-                    // Resume is not supported: a vanished client is dropped at once.
-                    tracing::info!("{pid}: signalling connection lost, dropping");
-                    let out = self
-                        .core
-                        .participant_gone(&pid, proto::DisconnectReason::SignalClose);
-                    self.apply(out);
+            Command::Gone(pid, conn) => {
+                // Ignore the end of a connection a resume already replaced.
+                if self.core.contains(&pid) && self.conns.get(&pid).is_none_or(|(c, _)| *c == conn)
+                {
+                    tracing::info!("{pid}: signalling connection lost, kept for a resume");
+                    self.conns.remove(&pid);
+                    self.detached.insert(pid, Instant::now() + RESUME_GRACE);
                 }
+            }
+            Command::Resume {
+                pid,
+                grant,
+                conn,
+                tx,
+                reply,
+            } => {
+                if !self.core.is_member(&pid, &grant.identity, &grant.room) {
+                    let _ = reply.send(Err(()));
+                    return;
+                }
+                tracing::info!("{pid} resumes");
+                self.detached.remove(&pid);
+                if let Some((_, old)) = self.conns.insert(pid.clone(), (conn, tx)) {
+                    let _ = old.send(ConnMsg::Close);
+                }
+                self.send(
+                    &pid,
+                    Resp::Reconnect(proto::ReconnectResponse {
+                        server_info: Some(crate::room::server_info()),
+                        ..Default::default()
+                    }),
+                );
+                let others = self.core.others(&pid);
+                if !others.is_empty() {
+                    self.send(
+                        &pid,
+                        Resp::Update(proto::ParticipantUpdate {
+                            participants: others,
+                        }),
+                    );
+                }
+                if let Some(peer) = self.peers.get_mut(&pid) {
+                    peer.restart_ice();
+                }
+                self.offer_if_due(&pid);
+                let _ = reply.send(Ok(()));
             }
             Command::Admin(a) => self.admin(a),
             Command::Shutdown(_) => unreachable!("handled in run"),
@@ -317,9 +378,25 @@ impl Engine {
     /// output, hence the bounded repeat). Returns the next deadline.
     fn drive(&mut self) -> Instant {
         let now = Instant::now();
+        let expired: Vec<Pid> = self
+            .detached
+            .iter()
+            .filter(|(_, t)| **t <= now)
+            .map(|(p, _)| p.clone())
+            .collect();
+        for pid in expired {
+            tracing::info!("{pid}: no resume within {RESUME_GRACE:?}, dropping");
+            self.detached.remove(&pid);
+            let out = self
+                .core
+                .participant_gone(&pid, proto::DisconnectReason::SignalClose);
+            self.apply(out);
+        }
+        let now = Instant::now();
         for _ in 0..8 {
             let (next, events) = self.poll_all(now);
             if events.is_empty() {
+                let next = self.detached.values().fold(next, |a, b| a.min(*b));
                 return next.max(now + Duration::from_millis(1));
             }
             self.handle_events(events);

@@ -89,6 +89,9 @@ pub struct Peer {
     pending: Option<(u32, SdpPendingOffer)>,
     queue: Vec<SubOp>,
     offered_once: bool,
+    /// An answer to one of our subscriber offers was applied.
+    negotiated: bool,
+    ice_restart: bool,
     next_offer_id: u32,
     publisher_trickled: bool,
     plan: NetPlan,
@@ -129,6 +132,8 @@ impl Peer {
             pending: None,
             queue: Vec::new(),
             offered_once: false,
+            negotiated: false,
+            ice_restart: false,
             next_offer_id: 1,
             publisher_trickled: false,
             plan,
@@ -191,15 +196,42 @@ impl Peer {
         self.queue.extend(mids.into_iter().map(SubOp::Stop));
     }
 
+    /// After a resume: the next subscriber offer restarts ICE. An unanswered offer is dropped
+    /// and its new lines are offered again.
+    pub fn restart_ice(&mut self) {
+        if self.pending.take().is_some() {
+            let unanswered: Vec<OutTrack> = self.outs.extract_if(.., |o| !o.ready).collect();
+            for o in unanswered.into_iter().rev() {
+                self.queue.insert(
+                    0,
+                    SubOp::Add {
+                        track: o.track,
+                        publisher: o.publisher,
+                    },
+                );
+            }
+        }
+        if !self.negotiated {
+            // The dropped offer was the first one: its data channels must be offered again.
+            self.offered_once = false;
+        }
+        self.ice_restart = true;
+    }
+
     /// The next subscriber offer (and, for the first one, our trickles), if one is due and none
     /// is outstanding.
     pub fn next_subscriber_offer(
         &mut self,
     ) -> Option<(proto::SessionDescription, Vec<proto::TrickleRequest>)> {
-        if self.pending.is_some() || (self.offered_once && self.queue.is_empty()) {
+        if self.pending.is_some()
+            || (self.offered_once && self.queue.is_empty() && !self.ice_restart)
+        {
             return None;
         }
         let mut api = self.subscriber.sdp_api();
+        if std::mem::take(&mut self.ice_restart) {
+            api.ice_restart(true);
+        }
         if !self.offered_once {
             api.add_channel_with_config(ChannelConfig {
                 label: "_reliable".into(),
@@ -272,6 +304,7 @@ impl Peer {
         for o in &mut self.outs {
             o.ready = true;
         }
+        self.negotiated = true;
         Ok(())
     }
 

@@ -371,6 +371,24 @@ impl Core {
             .is_some_and(|p| p.info.state == State::Active as i32)
     }
 
+    /// Whether `pid` is a participant with this identity in this room (for resumes).
+    pub fn is_member(&self, pid: &str, identity: &str, room: &str) -> bool {
+        self.parts
+            .get(pid)
+            .is_some_and(|p| p.info.identity == identity && p.room == room)
+    }
+
+    /// Infos of everyone else in `pid`'s room.
+    pub fn others(&self, pid: &str) -> Vec<proto::ParticipantInfo> {
+        let Some(p) = self.parts.get(pid) else {
+            return Vec::new();
+        };
+        self.members(&p.room)
+            .filter(|m| *m != pid)
+            .map(|m| self.parts[m].info.clone())
+            .collect()
+    }
+
     pub fn contains(&self, pid: &str) -> bool {
         self.parts.contains_key(pid)
     }
