@@ -96,6 +96,15 @@ impl NetnsPair {
         c
     }
 
+    /// Abort every TCP connection in namespace `ns` going to `dst_ip:dst_port` (`ss -K`): the
+    /// client sees its signalling connection vanish, without a LiveKit `leave`.
+    pub fn kill_tcp(ns: &str, dst_ip: &str, dst_port: u16) -> Result<(), TestkitError> {
+        let port = dst_port.to_string();
+        ip(&[
+            "netns", "exec", ns, "ss", "-K", "dst", dst_ip, "dport", "=", &port,
+        ])
+    }
+
     /// Run `f` on a thread that has entered namespace `ns` (for in-process HTTP/WS clients).
     pub fn run_in<T: Send + 'static>(
         ns: &str,

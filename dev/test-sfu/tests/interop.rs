@@ -152,3 +152,34 @@ fn sigterm_tells_participants_server_shutdown() {
         "SFU exited"
     );
 }
+
+#[test]
+fn sdk_peers_resume_after_their_signalling_connections_vanish() {
+    let Some(s) = setup(&[]) else { return };
+    let mut a = s.peer("frank", "resume", 440, 1000);
+    let mut b = s.peer("grace", "resume", 1000, 440);
+    connected(&mut a);
+    connected(&mut b);
+    hears(&mut a, "grace", 2);
+    hears(&mut b, "frank", 2);
+
+    let port: u16 = s.sfu.http.rsplit(':').next().unwrap().parse().unwrap();
+    NetnsPair::kill_tcp(&s.net.py_ns, &s.net.sfu_ip(), port).expect("ss -K");
+    for p in [&mut a, &mut b] {
+        p.wait_json(Duration::from_secs(30), event("reconnected"))
+            .expect("peer resumed");
+        // Only tone reports from after the resume count below.
+        p.seen.retain(|l| !l.contains("\"tone\""));
+    }
+    hears(&mut a, "grace", 3);
+    hears(&mut b, "frank", 3);
+    for p in [&a, &b] {
+        assert!(
+            !p.seen
+                .iter()
+                .any(|l| l.contains("participant_disconnected") || l.contains("\"disconnected\"")),
+            "a resume is not a leave: {:?}",
+            p.seen
+        );
+    }
+}
