@@ -338,6 +338,10 @@ impl Engine {
                 let out = self.core.add_track(pid, &t);
                 self.apply(out);
             }
+            Req::Mute(m) => {
+                let out = self.core.mute(pid, &m.sid, m.muted);
+                self.apply(out);
+            }
             Req::Leave(_) => {
                 let out = self
                     .core

@@ -354,6 +354,25 @@ impl Core {
         (Some(sid), out)
     }
 
+    /// `mute` from the publisher: record it and tell everyone.
+    pub fn mute(&mut self, pid: &str, track: &str, muted: bool) -> Vec<Out> {
+        let mut out = Vec::new();
+        let Some(p) = self.parts.get_mut(pid) else {
+            return out;
+        };
+        let Some(t) = p.info.tracks.iter_mut().find(|t| t.sid == track) else {
+            return out;
+        };
+        if t.muted == muted {
+            return out;
+        }
+        t.muted = muted;
+        if let Some((room, info)) = self.bump(pid) {
+            self.broadcast(&room, None, &info, &mut out);
+        }
+        out
+    }
+
     /// The published track carried on the publisher's media line `mid`, if any.
     pub fn track_of_mid(&self, pid: &str, mid: &str) -> Option<&str> {
         let p = self.parts.get(pid)?;
@@ -554,6 +573,9 @@ mod tests {
             .unwrap();
         assert!(upd < sub);
         assert_eq!(core.track_of_mid(&a, "3"), Some(sid.as_str()));
+        let out = core.mute(&a, &sid, true);
+        assert!(updates_for(&out, &b)[0].tracks[0].muted);
+        assert!(core.mute(&a, &sid, true).is_empty());
         let out = core.participant_gone(&a, proto::DisconnectReason::ClientInitiated);
         let gone = updates_for(&out, &b);
         assert_eq!(gone[0].state, State::Disconnected as i32);

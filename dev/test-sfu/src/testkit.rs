@@ -263,6 +263,19 @@ impl Drop for LineProcess {
     }
 }
 
+/// The `mi-test-sfu` binary for tests of other crates: env `MI_TEST_SFU_BIN`, else
+/// `mi-test-sfu` next to the running test's `deps/` directory (build it first with
+/// `cargo build -p mi-test-sfu`, same target dir). This crate's own tests use
+/// `env!("CARGO_BIN_EXE_mi-test-sfu")`.
+pub fn sfu_binary() -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os("MI_TEST_SFU_BIN") {
+        return Some(PathBuf::from(p));
+    }
+    let exe = std::env::current_exe().ok()?;
+    let candidate = exe.parent()?.parent()?.join("mi-test-sfu");
+    candidate.exists().then_some(candidate)
+}
+
 /// A running `mi-test-sfu` and its base URL.
 pub struct Sfu {
     pub process: LineProcess,
