@@ -20,6 +20,9 @@ use crate::engine::{Admin, Command, ConnMsg};
 use crate::http::{read_request, respond, Request};
 use crate::room::JoinError;
 
+/// How long a client may take to send its request.
+const HEAD_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Shared by every connection task.
 pub struct Shared {
     pub auth: Auth,
@@ -62,9 +65,10 @@ async fn text(stream: &mut BufReader<TcpStream>, status: u16, body: &str) -> any
 
 async fn connection(stream: TcpStream, shared: Arc<Shared>) -> anyhow::Result<()> {
     let mut stream = BufReader::new(stream);
-    let req = match read_request(&mut stream).await {
-        Ok(r) => r,
-        Err(e) => return text(&mut stream, 400, &e.to_string()).await,
+    let req = match tokio::time::timeout(HEAD_TIMEOUT, read_request(&mut stream)).await {
+        Ok(Ok(r)) => r,
+        Ok(Err(e)) => return text(&mut stream, 400, &e.to_string()).await,
+        Err(_) => return text(&mut stream, 408, "request not received in time").await,
     };
     match req.path.trim_end_matches('/') {
         "/rtc/v1" | "/rtc/v1/validate" => {
