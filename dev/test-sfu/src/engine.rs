@@ -361,7 +361,7 @@ impl Engine {
             Receive {
                 proto: Protocol::Udp,
                 source,
-                destination: self.plan.local,
+                destination: self.plan.destination_for(source),
                 contents,
             },
         );

@@ -34,20 +34,33 @@ pub struct NetPlan {
 }
 
 impl NetPlan {
+    /// Host candidates, one per advertised address, all on the bound port. (An advertised
+    /// address may differ from the bound one, e.g. QEMU's 10.0.2.2 for the host's loopback.)
     fn candidates(&self) -> Vec<Candidate> {
         self.advertise
             .iter()
             .filter_map(|ip| {
                 let addr = SocketAddr::new(*ip, self.local.port());
-                let c = if *ip == self.local.ip() {
-                    Candidate::host(addr, "udp")
-                } else {
-                    Candidate::server_reflexive(addr, self.local, "udp")
-                };
-                c.map_err(|e| tracing::warn!("cannot advertise {addr}: {e}"))
+                Candidate::host(addr, "udp")
+                    .map_err(|e| tracing::warn!("cannot advertise {addr}: {e}"))
                     .ok()
             })
             .collect()
+    }
+
+    /// The advertised address a datagram from `source` was sent to, as str0m must see it
+    /// (ICE-lite only answers checks addressed to one of its host candidates): the bound
+    /// address if advertised, else the advertised address in the sender's /24, else the first.
+    pub fn destination_for(&self, source: SocketAddr) -> SocketAddr {
+        let port = self.local.port();
+        if self.advertise.contains(&self.local.ip()) || self.advertise.is_empty() {
+            return self.local;
+        }
+        let same_net = self.advertise.iter().find(|a| match (a, source.ip()) {
+            (IpAddr::V4(a), IpAddr::V4(s)) => a.octets()[..3] == s.octets()[..3],
+            _ => false,
+        });
+        SocketAddr::new(*same_net.unwrap_or(&self.advertise[0]), port)
     }
 
     /// Client candidates outside 127.0.0.0/8 and the advertised /24 subnets are dropped.
@@ -367,5 +380,21 @@ mod tests {
         assert!(!plan.allows_remote("192.168.1.20".parse().unwrap()));
         assert!(!plan.allows_remote("10.77.4.2".parse().unwrap()));
         assert!(!plan.allows_remote("::1".parse().unwrap()));
+        let src = "10.77.3.2:5000".parse().unwrap();
+        assert_eq!(plan.destination_for(src), plan.local);
+    }
+
+    #[test]
+    fn qemu_style_advertised_address_is_the_destination() {
+        let plan = NetPlan {
+            local: "127.0.0.1:7882".parse().unwrap(),
+            advertise: vec!["10.0.2.2".parse().unwrap()],
+        };
+        let src = "127.0.0.1:40000".parse().unwrap();
+        assert_eq!(plan.destination_for(src), "10.0.2.2:7882".parse().unwrap());
+        assert_eq!(
+            plan.candidates()[0].addr(),
+            "10.0.2.2:7882".parse().unwrap()
+        );
     }
 }
