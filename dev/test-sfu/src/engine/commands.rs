@@ -71,12 +71,14 @@ impl Engine {
                         ..Default::default()
                     }),
                 );
-                let others = self.core.others(&pid);
-                if !others.is_empty() {
+                // What happened while away (leavers included), then everyone present.
+                let mut infos = self.missed.remove(&pid).unwrap_or_default();
+                infos.extend(self.core.others(&pid));
+                if !infos.is_empty() {
                     self.send(
                         &pid,
                         Resp::Update(proto::ParticipantUpdate {
-                            participants: others,
+                            participants: infos,
                         }),
                     );
                 }
@@ -168,5 +170,99 @@ impl Engine {
             }
             other => tracing::debug!("{pid}: ignoring {other:?}"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::*;
+    use tokio::sync::mpsc::UnboundedReceiver;
+
+    fn grant(identity: &str) -> JoinGrant {
+        JoinGrant {
+            identity: identity.into(),
+            name: identity.into(),
+            room: "r".into(),
+            metadata: String::new(),
+            can_publish: true,
+            can_subscribe: true,
+            can_publish_data: true,
+        }
+    }
+
+    async fn join(
+        tx: &mpsc::UnboundedSender<Command>,
+        identity: &str,
+        conn: ConnId,
+    ) -> (Pid, UnboundedReceiver<ConnMsg>) {
+        let (ctx, crx) = mpsc::unbounded_channel();
+        let (rtx, rrx) = oneshot::channel();
+        tx.send(Command::Join {
+            grant: grant(identity),
+            conn,
+            tx: ctx,
+            reply: rtx,
+        })
+        .unwrap();
+        (rrx.await.unwrap().unwrap(), crx)
+    }
+
+    fn drain(rx: &mut UnboundedReceiver<ConnMsg>) -> Vec<Resp> {
+        let mut v = Vec::new();
+        while let Ok(ConnMsg::Send(m)) = rx.try_recv() {
+            v.extend(m.message);
+        }
+        v
+    }
+
+    #[tokio::test]
+    async fn resume_delivers_what_happened_while_away() {
+        str0m::crypto::from_feature_flags().install_process_default();
+        let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let local = socket.local_addr().unwrap();
+        let plan = NetPlan {
+            local,
+            advertise: vec![local.ip()],
+        };
+        let (tx, rx) = mpsc::unbounded_channel();
+        let engine = tokio::spawn(Engine::new(socket, plan, true).run(rx));
+
+        let (alice, _old) = join(&tx, "alice", 1).await;
+        tx.send(Command::Gone(alice.clone(), 1)).unwrap();
+        let (bob, _bob_rx) = join(&tx, "bob", 2).await;
+        tx.send(Command::Signal(
+            bob.clone(),
+            Box::new(Req::Leave(proto::LeaveRequest::default())),
+        ))
+        .unwrap();
+        // A late end of the replaced connection must not detach the resumed one.
+        let (ctx, mut crx) = mpsc::unbounded_channel();
+        let (rtx, rrx) = oneshot::channel();
+        tx.send(Command::Resume {
+            pid: alice.clone(),
+            grant: grant("alice"),
+            conn: 3,
+            tx: ctx,
+            reply: rtx,
+        })
+        .unwrap();
+        rrx.await.unwrap().unwrap();
+        tx.send(Command::Gone(alice.clone(), 1)).unwrap();
+        let (done_tx, done_rx) = oneshot::channel();
+        tx.send(Command::Shutdown(done_tx)).unwrap();
+        done_rx.await.unwrap();
+        engine.await.unwrap();
+
+        let msgs = drain(&mut crx);
+        assert!(matches!(msgs[0], Resp::Reconnect(_)));
+        let bob_gone = msgs.iter().any(|m| {
+            matches!(m, Resp::Update(u) if u.participants.iter().any(|p| p.sid == bob
+                && p.state == proto::participant_info::State::Disconnected as i32))
+        });
+        assert!(bob_gone, "{msgs:?}");
+        assert!(msgs.iter().any(|m| matches!(m, Resp::Offer(_))));
+        // Still attached: shutdown reached the resumed connection.
+        assert!(msgs.iter().any(|m| matches!(m, Resp::Leave(l)
+            if l.reason == proto::DisconnectReason::ServerShutdown as i32)));
     }
 }

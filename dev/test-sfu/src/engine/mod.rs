@@ -87,6 +87,8 @@ pub struct Engine {
     plan: NetPlan,
     /// Participants whose signalling connection vanished, kept until the deadline for a resume.
     detached: BTreeMap<Pid, Instant>,
+    /// ParticipantUpdates that happened while a participant was detached, sent on resume.
+    missed: BTreeMap<Pid, Vec<proto::ParticipantInfo>>,
 }
 
 /// How long a participant whose signalling connection vanished is kept for a resume.
@@ -107,6 +109,7 @@ impl Engine {
             socket,
             plan,
             detached: BTreeMap::new(),
+            missed: BTreeMap::new(),
         }
     }
 
@@ -138,11 +141,16 @@ impl Engine {
         }
     }
 
-    fn send(&self, pid: &str, msg: Resp) {
+    fn send(&mut self, pid: &str, msg: Resp) {
         if let Some((_, tx)) = self.conns.get(pid) {
             let _ = tx.send(ConnMsg::Send(Box::new(proto::SignalResponse {
                 message: Some(msg),
             })));
+        } else if let (true, Resp::Update(u)) = (self.detached.contains_key(pid), msg) {
+            self.missed
+                .entry(pid.to_string())
+                .or_default()
+                .extend(u.participants);
         }
     }
 
@@ -233,6 +241,7 @@ impl Engine {
         for pid in expired {
             tracing::info!("{pid}: no resume within {RESUME_GRACE:?}, dropping");
             self.detached.remove(&pid);
+            self.missed.remove(&pid);
             let out = self
                 .core
                 .participant_gone(&pid, proto::DisconnectReason::SignalClose);
