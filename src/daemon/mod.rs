@@ -4,6 +4,8 @@
 //! [`Event`]s for the [`CallMachine`] and carries out the [`Action`]s it returns. Decides nothing
 //! itself.
 
+mod presence;
+
 use crate::config::{CallConfig, Config, LoadedConfig};
 use crate::control::{ControlServer, Request, Status};
 use crate::gpio;
