@@ -27,6 +27,8 @@ use super::MatrixEvent;
 /// Longest long-poll.
 const SYNC_TIMEOUT: Duration = Duration::from_secs(30);
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
+/// Door-open requests older than this are ignored.
+const STALE_REQUEST_MS: u64 = 60_000;
 
 /// A door-open request in a timeline event: `m.room.message` with body "open" (any case,
 /// trimmed) or an `m.reaction` with key 🔑, from someone other than us. Returns the sender.
@@ -114,6 +116,14 @@ impl SyncLoop {
                             let Ok(v) = serde_json::from_str::<Value>(ev.raw().json().get()) else {
                                 continue;
                             };
+                            // A request older than a minute (a gap after a reconnect) is stale.
+                            let ts = v
+                                .get("origin_server_ts")
+                                .and_then(Value::as_u64)
+                                .unwrap_or(0);
+                            if ts + STALE_REQUEST_MS < now_ms() {
+                                continue;
+                            }
                             if let Some(user_id) = door_request(&v, &self.own_user) {
                                 self.emit(MatrixEvent::DoorOpenRequest { user_id }).await;
                             }
