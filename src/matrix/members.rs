@@ -375,7 +375,7 @@ mod tests {
         let mut t = CallTracker::new("@door:x", "DOOR");
         let own = m("@door:x", "DOOR");
         assert_eq!(
-            t.update(&[own.clone()], true),
+            t.update(std::slice::from_ref(&own), true),
             vec![],
             "own membership is not reported"
         );

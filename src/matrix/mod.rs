@@ -244,13 +244,8 @@ pub async fn logout(cfg: &Config) -> Result<(), MatrixError> {
     Ok(())
 }
 
-/// Saves refreshed tokens; reports a dead token.
-fn watch_session(
-    client: &Client,
-    cfg: &Config,
-    homeserver: String,
-    events: mpsc::Sender<MatrixEvent>,
-) -> JoinHandle<()> {
+/// Saves refreshed tokens to the session file.
+fn watch_session(client: &Client, cfg: &Config, homeserver: String) -> JoinHandle<()> {
     let mut changes = client.subscribe_to_session_changes();
     let client = client.clone();
     let state_dir = cfg.matrix.state_dir.clone();
@@ -266,18 +261,8 @@ fn watch_session(
                         }
                     }
                 }
-                Ok(SessionChange::UnknownToken(data)) => {
-                    let reason = if data.soft_logout {
-                        "the homeserver logged the device out (soft logout)"
-                    } else {
-                        "the homeserver no longer accepts the access token"
-                    };
-                    let _ = events
-                        .send(MatrixEvent::TokenError {
-                            reason: reason.to_owned(),
-                        })
-                        .await;
-                }
+                // Reported by the sync loop, which retries with backoff.
+                Ok(SessionChange::UnknownToken(_)) => {}
                 Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
                 Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
             }
@@ -300,7 +285,7 @@ impl MatrixSide {
         info!(device_id = %stored.device_id, "Matrix session ready");
         let homeserver = stored.homeserver.clone();
         let (tx, rx) = mpsc::channel(EVENT_QUEUE);
-        let session_task = watch_session(&client, cfg, homeserver.clone(), tx.clone());
+        let session_task = watch_session(&client, cfg, homeserver.clone());
 
         let first = client
             .sync_once(SyncSettings::default().timeout(Duration::ZERO))

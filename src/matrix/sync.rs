@@ -95,6 +95,7 @@ impl SyncLoop {
         let mut tracker = CallTracker::new(&self.own_user, &self.own_device);
         self.refresh_members(&mut tracker).await;
         let mut failures = 0u32;
+        let mut last_report: Option<MatrixEvent> = None;
         loop {
             let timeout = match next_expiry(&self.members.borrow()) {
                 Some(at) => Duration::from_millis(at.saturating_sub(now_ms()).saturating_add(50))
@@ -109,6 +110,7 @@ impl SyncLoop {
                     if failures > 0 {
                         self.emit(MatrixEvent::ConnectionBack).await;
                         failures = 0;
+                        last_report = None;
                     }
                     token = resp.next_batch.clone();
                     if let Some(update) = resp.rooms.joined.get(self.room.room_id()) {
@@ -134,16 +136,16 @@ impl SyncLoop {
                 Err(e) => {
                     let err = MatrixError::from_sdk("sync", &self.homeserver, &e);
                     failures += 1;
-                    if failures == 1 {
-                        match &err {
-                            MatrixError::TokenRevoked(reason) => {
-                                self.emit(MatrixEvent::TokenError {
-                                    reason: reason.clone(),
-                                })
-                                .await
-                            }
-                            _ => self.emit(MatrixEvent::ConnectionLost).await,
-                        }
+                    // Report once per kind of trouble (not on every retry).
+                    let report = match &err {
+                        MatrixError::TokenRevoked(reason) => MatrixEvent::TokenError {
+                            reason: reason.clone(),
+                        },
+                        _ => MatrixEvent::ConnectionLost,
+                    };
+                    if last_report.as_ref() != Some(&report) {
+                        last_report = Some(report.clone());
+                        self.emit(report).await;
                     }
                     let backoff = Duration::from_millis(500u64 << failures.min(6)).min(MAX_BACKOFF);
                     warn!(?backoff, "sync failed: {err}");
