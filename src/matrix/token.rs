@@ -303,4 +303,168 @@ mod tests {
         let r = ServerRefusal::parse(500, br#"{"errcode":"M_UNKNOWN","error":"signing failed"}"#);
         assert!(to_error("http://svc", HttpFailure::Refused(r)).is_transient());
     }
+
+    /// A one-request-at-a-time HTTP server on 127.0.0.1 answering each request with the next
+    /// canned (status, body); returns its base URL and the (path, body) of every request.
+    async fn fake_service(
+        answers: Vec<(u16, &'static str)>,
+    ) -> (
+        String,
+        std::sync::Arc<std::sync::Mutex<Vec<(String, Value)>>>,
+    ) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}/livekit/jwt", listener.local_addr().unwrap());
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let log = seen.clone();
+        tokio::spawn(async move {
+            for (status, body) in answers {
+                let Ok((mut sock, _)) = listener.accept().await else {
+                    return;
+                };
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                // Read headers, then Content-Length bytes of body.
+                let (head_end, len) = loop {
+                    let n = sock.read(&mut chunk).await.unwrap_or(0);
+                    if n == 0 {
+                        return;
+                    }
+                    buf.extend_from_slice(&chunk[..n]);
+                    if let Some(pos) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                        let head = String::from_utf8_lossy(&buf[..pos]).to_lowercase();
+                        let len = head
+                            .lines()
+                            .find_map(|l| l.strip_prefix("content-length:"))
+                            .and_then(|v| v.trim().parse::<usize>().ok())
+                            .unwrap_or(0);
+                        break (pos + 4, len);
+                    }
+                };
+                while buf.len() < head_end + len {
+                    let n = sock.read(&mut chunk).await.unwrap_or(0);
+                    if n == 0 {
+                        break;
+                    }
+                    buf.extend_from_slice(&chunk[..n]);
+                }
+                let head = String::from_utf8_lossy(&buf[..head_end]).into_owned();
+                let path = head.split_whitespace().nth(1).unwrap_or("").to_owned();
+                let req_body = serde_json::from_slice(&buf[head_end..]).unwrap_or(Value::Null);
+                log.lock().unwrap().push((path, req_body));
+                let resp = format!(
+                    "HTTP/1.1 {status} X\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = sock.write_all(resp.as_bytes()).await;
+            }
+        });
+        (base, seen)
+    }
+
+    fn req(service: &str, endpoint: TokenEndpoint) -> GrantRequest<'_> {
+        GrantRequest {
+            service,
+            endpoint,
+            room_id: "!r:x",
+            user_id: "@door:x",
+            device_id: "DOOR",
+            member_id: "m1",
+        }
+    }
+
+    #[tokio::test]
+    async fn grant_over_http_sends_exact_body_and_reads_jwt() {
+        let jwt = jwt_with(&json!({"sub": "@door:x:DOOR"}));
+        let body: &'static str = Box::leak(
+            format!(r#"{{"url": "ws://127.0.0.1:7880", "jwt": "{jwt}"}}"#).into_boxed_str(),
+        );
+        let (base, seen) = fake_service(vec![(200, body)]).await;
+        let http = Http::new(None).unwrap();
+        let g = request_grant(&http, &req(&base, TokenEndpoint::SfuGet), &openid())
+            .await
+            .unwrap();
+        assert_eq!(g.identity, "@door:x:DOOR");
+        assert_eq!(g.jwt.expose(), jwt);
+        let seen = seen.lock().unwrap();
+        assert_eq!(seen[0].0, "/livekit/jwt/sfu/get");
+        assert_eq!(seen[0].1, sfu_get_body("!r:x", "DOOR", &openid()));
+    }
+
+    #[tokio::test]
+    async fn get_token_falls_back_to_sfu_get_on_404() {
+        let jwt = jwt_with(&json!({"sub": "@door:x:DOOR"}));
+        let body: &'static str =
+            Box::leak(format!(r#"{{"url": "ws://h", "jwt": "{jwt}"}}"#).into_boxed_str());
+        let (base, seen) = fake_service(vec![(404, "404 page not found"), (200, body)]).await;
+        let http = Http::new(None).unwrap();
+        request_grant(&http, &req(&base, TokenEndpoint::GetToken), &openid())
+            .await
+            .unwrap();
+        let seen = seen.lock().unwrap();
+        assert_eq!(seen[0].0, "/livekit/jwt/get_token");
+        assert_eq!(seen[0].1["member"]["claimed_device_id"], "DOOR");
+        assert_eq!(seen[1].0, "/livekit/jwt/sfu/get");
+    }
+
+    #[tokio::test]
+    async fn service_failures_are_typed_with_the_servers_words() {
+        let (base, _) = fake_service(vec![
+            (
+                400,
+                r#"{"errcode":"M_NOT_JSON","error":"json: unknown field \"extra\""}"#,
+            ),
+            (200, "<html>proxy login</html>"),
+            (200, r#"{"url": "ws://h", "token": "a.b.c"}"#),
+            (
+                429,
+                r#"{"errcode":"M_LIMIT_EXCEEDED","error":"slow down","retry_after_ms":2000}"#,
+            ),
+        ])
+        .await;
+        let http = Http::new(None).unwrap();
+        let r = req(&base, TokenEndpoint::SfuGet);
+        let e = request_grant(&http, &r, &openid()).await.unwrap_err();
+        let MatrixError::TokenService { refusal, .. } = &e else {
+            panic!("{e:?}")
+        };
+        assert_eq!(refusal.errcode.as_deref(), Some("M_NOT_JSON"));
+        assert!(e.to_string().contains("unknown field"), "{e}");
+        let e = request_grant(&http, &r, &openid()).await.unwrap_err();
+        assert!(
+            matches!(e, MatrixError::TokenServiceGarbage { .. }),
+            "{e:?}"
+        );
+        assert!(e.to_string().contains("proxy login"), "{e}");
+        let e = request_grant(&http, &r, &openid()).await.unwrap_err();
+        assert!(e.to_string().contains("no `jwt`"), "{e}");
+        let e = request_grant(&http, &r, &openid()).await.unwrap_err();
+        let MatrixError::TokenService { refusal, .. } = &e else {
+            panic!("{e:?}")
+        };
+        assert_eq!(
+            refusal.retry_after,
+            Some(std::time::Duration::from_millis(2000))
+        );
+        assert!(e.is_transient());
+    }
+
+    #[tokio::test]
+    async fn unreachable_service_is_a_typed_transient_error() {
+        // Bind then drop to get a port nobody listens on.
+        let port = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap().port()
+        };
+        let base = format!("http://127.0.0.1:{port}");
+        let http = Http::new(None).unwrap();
+        let e = request_grant(&http, &req(&base, TokenEndpoint::SfuGet), &openid())
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(e, MatrixError::TokenServiceUnreachable { .. }),
+            "{e:?}"
+        );
+        assert!(e.is_transient());
+    }
 }
