@@ -363,6 +363,26 @@ async fn device_sees_residents_join_and_leave_and_the_call_end() {
         }),
         "{seen:?}"
     );
+
+    // A resident writes "open" in the room: a door-open request naming her.
+    let (status, v) = alice
+        .call(
+            reqwest::Method::PUT,
+            &format!("/_matrix/client/v3/rooms/{room}/send/m.room.message/open-1"),
+            Some(json!({"msgtype": "m.text", "body": "open"})),
+        )
+        .await;
+    assert_eq!(status, 200, "{v}");
+    let seen = expect_event(&mut rx, Duration::from_secs(15), |e| {
+        matches!(e, MatrixEvent::DoorOpenRequest { .. })
+    })
+    .await;
+    assert_eq!(
+        seen.last(),
+        Some(&MatrixEvent::DoorOpenRequest {
+            user_id: alice.user_id.clone()
+        })
+    );
     side.leave().await.expect("leave");
 }
 

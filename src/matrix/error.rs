@@ -176,6 +176,13 @@ impl MatrixError {
         err: &matrix_sdk::HttpError,
     ) -> Self {
         use matrix_sdk::ruma::api::error::{ErrorBody, ErrorKind, RetryAfter};
+        match err {
+            matrix_sdk::HttpError::Cached(inner) => {
+                return Self::from_http(action, homeserver, inner)
+            }
+            matrix_sdk::HttpError::RefreshToken(e) => return Self::TokenRevoked(e.to_string()),
+            _ => {}
+        }
         if let Some(api) = err.as_client_api_error() {
             let status = api.status_code.as_u16();
             let refusal = match &api.body {
