@@ -22,9 +22,7 @@ use std::time::Duration;
 
 use matrix_sdk::authentication::matrix::MatrixSession;
 use matrix_sdk::config::{RequestConfig, SyncSettings};
-use matrix_sdk::ruma::{
-    OwnedDeviceId, OwnedRoomOrAliasId, OwnedUserId, RoomAliasId, RoomId, TransactionId,
-};
+use matrix_sdk::ruma::{OwnedDeviceId, OwnedRoomOrAliasId, OwnedUserId, RoomAliasId, RoomId};
 use matrix_sdk::store::RoomLoadSettings;
 use matrix_sdk::{Client, Room, RoomState, SessionChange, SessionMeta, SessionTokens};
 use tokio::sync::{mpsc, watch, Mutex};
@@ -70,6 +68,8 @@ pub enum MatrixEvent {
 /// `retry_after_ms`; 5xx and network errors back off exponentially).
 const SDK_RETRIES: usize = 4;
 const EVENT_QUEUE: usize = 64;
+/// Attempts of one [`MatrixSide::rtc_grant`].
+const GRANT_ATTEMPTS: u32 = 3;
 
 /// The device's Matrix client and its call state.
 pub struct MatrixSide {
@@ -378,9 +378,34 @@ impl MatrixSide {
         .await
     }
 
-    /// A fresh LiveKit grant: new OpenID token, then the token service.
+    /// A fresh LiveKit grant: new OpenID token, then the token service. Transient failures
+    /// (unreachable, 429 with its `retry_after_ms`, 5xx) are retried a few times with backoff;
+    /// the last error carries the server's errcode and words.
     pub async fn rtc_grant(&self) -> Result<RtcGrant, MatrixError> {
         let service = self.service_url().await?;
+        let mut attempt = 0u32;
+        loop {
+            match self.try_grant(&service).await {
+                Ok(g) => return Ok(g),
+                Err(e) if e.is_transient() && attempt + 1 < GRANT_ATTEMPTS => {
+                    let retry_after = match &e {
+                        MatrixError::TokenService { refusal, .. }
+                        | MatrixError::Homeserver { refusal, .. } => refusal.retry_after,
+                        _ => None,
+                    };
+                    let wait = retry_after
+                        .unwrap_or(Duration::from_millis(500 << attempt))
+                        .min(Duration::from_secs(10));
+                    warn!(?wait, "getting a LiveKit token failed, retrying: {e}");
+                    tokio::time::sleep(wait).await;
+                    attempt += 1;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    async fn try_grant(&self, service: &str) -> Result<RtcGrant, MatrixError> {
         let openid = self
             .client
             .account()
@@ -393,14 +418,16 @@ impl MatrixSide {
             matrix_server_name: openid.matrix_server_name.to_string(),
             expires_in_s: openid.expires_in.as_secs(),
         };
-        let member_id = TransactionId::new();
+        // The member id is the membership's `membershipID`, so `/get_token` identities can be
+        // mapped back to the membership.
+        let member_id = self.rtc_identity();
         let req = token::GrantRequest {
-            service: &service,
+            service,
             endpoint: self.token_endpoint,
             room_id: self.room_id(),
             user_id: &self.user_id,
             device_id: &self.device_id,
-            member_id: member_id.as_str(),
+            member_id: &member_id,
         };
         token::request_grant(&self.http, &req, &openid).await
     }
