@@ -448,6 +448,85 @@ async fn restart_reuses_the_device_and_a_corrupted_session_is_kept_aside() {
     assert_eq!(whoami.status().as_u16(), 401);
 }
 
+/// The device's delayed events, as the homeserver lists them.
+async fn delayed_events(me: &Http) -> Vec<Value> {
+    let (status, v) = me
+        .call(
+            reqwest::Method::GET,
+            "/_matrix/client/unstable/org.matrix.msc4140/delayed_events",
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "{v}");
+    v["delayed_events"].as_array().cloned().unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keep_alive_reschedules_a_lost_delayed_leave_and_rejoins_a_removed_membership() {
+    let Some(stack) =
+        stack("keep_alive_reschedules_a_lost_delayed_leave_and_rejoins_a_removed_membership")
+    else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = device_config(&stack, dir.path(), true);
+    let (side, _rx) = MatrixSide::start(&cfg).await.expect("device starts");
+    side.join().await.expect("join");
+    let stored = session::load(dir.path()).unwrap().unwrap();
+    let me = Http {
+        http: reqwest::Client::new(),
+        base: stack.info.homeserver_url.clone(),
+        token: stored.access_token.expose().to_owned(),
+        user_id: side.user_id().to_owned(),
+        device_id: side.device_id().to_owned(),
+    };
+    let room = stack.info.room_id.clone();
+    let key = state_key(side.user_id(), side.device_id());
+
+    // The server forgets the delayed leave (cancelled behind the device's back): the next
+    // restart gets M_NOT_FOUND and a new delayed leave is scheduled.
+    let before = delayed_events(&me).await;
+    assert_eq!(before.len(), 1, "{before:?}");
+    let old_id = before[0]["delay_id"].as_str().unwrap().to_owned();
+    let (status, v) = me
+        .call(
+            reqwest::Method::POST,
+            &format!("/_matrix/client/unstable/org.matrix.msc4140/delayed_events/{old_id}/cancel"),
+            Some(json!({})),
+        )
+        .await;
+    assert_eq!(status, 200, "{v}");
+    eventually(Duration::from_secs(12), "a new delayed leave", || async {
+        let now = delayed_events(&me).await;
+        (now.len() == 1 && now[0]["delay_id"] != json!(old_id)).then_some(())
+    })
+    .await;
+
+    // A room admin empties the device's membership: the device joins again.
+    let alice = Http::alice(&stack);
+    let present = |e: &Option<Value>| e.as_ref().is_some_and(|e| e["content"] != json!({}));
+    eventually(Duration::from_secs(10), "the membership", || async {
+        present(&alice.membership_of(&room, &key).await).then_some(())
+    })
+    .await;
+    let (status, v) = alice
+        .call(
+            reqwest::Method::PUT,
+            &format!("/_matrix/client/v3/rooms/{room}/state/{CALL_MEMBER}/{key}"),
+            Some(json!({})),
+        )
+        .await;
+    assert_eq!(status, 200, "{v}");
+    eventually(Duration::from_secs(20), "the device to re-join", || async {
+        alice
+            .membership_of(&room, &key)
+            .await
+            .filter(|e| e["content"] != json!({}) && e["sender"] == json!(side.user_id()))
+    })
+    .await;
+    side.leave().await.expect("leave");
+}
+
 /// A `tracing` writer into a shared buffer.
 #[derive(Clone, Default)]
 struct Buffer(Arc<Mutex<Vec<u8>>>);
