@@ -1,0 +1,552 @@
+//! The task of one call: signalling messages in, peer connections driven, events out.
+//!
+//! Owns the order of the v0 two-PC flow (AddTrack → TrackPublished → publisher offer →
+//! answer; SFU offers → our answers; trickle both ways) and the call's end. Socket and codec
+//! details live in [`super::peer`] and [`super::audio`]; room bookkeeping in [`super::room`].
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use livekit_api::signal_client::{SignalClient, SignalEvent, SignalEvents, SignalOptions};
+use livekit_protocol as proto;
+use proto::signal_request::Message as Request;
+use proto::signal_response::Message as Response;
+use str0m::change::{SdpAnswer, SdpOffer, SdpPendingOffer};
+use str0m::format::Codec;
+use str0m::media::{Direction, Frequency, MediaKind, MediaTime, Mid, Pt};
+use str0m::Event;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::pcm::{PcmSink, PcmSource, FRAME_SAMPLES};
+use crate::secret::Secret;
+
+use super::audio::{AudioThreads, EncodedFrame, Playback};
+use super::peer::Peer;
+use super::room::{leave_decision, DisconnectReason, LeaveDecision, LiveKitEvent, Room};
+use super::sdp::{
+    candidate_json, first_mid, fix_rejected_mlines, parse_livekit_msid, parse_remote_candidate,
+};
+use super::{net, Command, ConnectOptions, Counters, LiveKitCall, LiveKitError};
+
+/// Client id of our one microphone track (AddTrackRequest.cid, SDP msid track id).
+const MIC_CID: &str = "mic0";
+/// How long the ICE connection may stay lost before the call counts as failed.
+const ICE_LOSS_LIMIT: Duration = Duration::from_secs(10);
+
+enum Publish {
+    AwaitTrack,
+    AwaitAnswer { pending: SdpPendingOffer, mid: Mid },
+    Ready { mid: Mid, pt: Pt },
+    Failed,
+}
+
+enum End {
+    Left(Option<oneshot::Sender<()>>),
+    Server(DisconnectReason),
+    Lost(String),
+    MediaFailed(String),
+}
+
+struct Session {
+    client: SignalClient,
+    signal_events: SignalEvents,
+    opts: ConnectOptions,
+    publisher: Peer,
+    subscriber: Peer,
+    publish: Publish,
+    offer_id: u32,
+    room: Arc<Mutex<Room>>,
+    playback: Arc<Mutex<Playback>>,
+    counters: Arc<Counters>,
+    events: mpsc::Sender<LiveKitEvent>,
+    mid_tracks: HashMap<Mid, String>,
+    rtp_time: u64,
+    ice_lost_since: Option<Instant>,
+}
+
+pub(super) async fn start(
+    url: &str,
+    jwt: &Secret,
+    opts: ConnectOptions,
+    source: Box<dyn PcmSource>,
+    sink: Box<dyn PcmSink>,
+) -> Result<(LiveKitCall, mpsc::Receiver<LiveKitEvent>), LiveKitError> {
+    let bind_ip = match opts.bind_ip {
+        Some(ip) => ip,
+        None => net::route_source_ip(url).await?,
+    };
+    let mut options = SignalOptions::default();
+    options.auto_subscribe = true;
+    options.single_peer_connection = false;
+    options.region_failover = false;
+    let (client, join, signal_events) = SignalClient::connect(url, jwt.expose(), options, None)
+        .await
+        .map_err(|e| LiveKitError::Signal(e.to_string()))?;
+    let local_sid = match join.participant.as_ref() {
+        Some(p) if p.sid.starts_with("PA_") => p.sid.clone(),
+        _ => {
+            client.close().await;
+            return Err(LiveKitError::Protocol(
+                "no participant sid starting with PA_".into(),
+            ));
+        }
+    };
+    tracing::info!(
+        sid = %local_sid,
+        others = join.other_participants.len(),
+        subscriber_primary = join.subscriber_primary,
+        "joined LiveKit room"
+    );
+
+    let now = Instant::now();
+    let publisher = Peer::new(bind_ip, now)?;
+    let subscriber = Peer::new(bind_ip, now)?;
+
+    let (room, initial) = Room::from_join(&join);
+    let (events_tx, events_rx) = mpsc::channel(64);
+    for e in initial {
+        let _ = events_tx.try_send(e);
+    }
+    let room = Arc::new(Mutex::new(room));
+    let playback = Arc::new(Mutex::new(Playback::default()));
+    let counters = Arc::new(Counters::default());
+
+    client
+        .send(Request::AddTrack(proto::AddTrackRequest {
+            cid: MIC_CID.into(),
+            name: "microphone".into(),
+            r#type: proto::TrackType::Audio as i32,
+            source: proto::TrackSource::Microphone as i32,
+            disable_red: true,
+            ..Default::default()
+        }))
+        .await;
+
+    let (mic_tx, mic_rx) = mpsc::channel(8);
+    let audio = AudioThreads::start(source, sink, mic_tx, playback.clone())?;
+    let (commands_tx, commands_rx) = mpsc::channel(4);
+    let session = Session {
+        client,
+        signal_events,
+        opts,
+        publisher,
+        subscriber,
+        publish: Publish::AwaitTrack,
+        offer_id: 0,
+        room: room.clone(),
+        playback: playback.clone(),
+        counters: counters.clone(),
+        events: events_tx,
+        mid_tracks: HashMap::new(),
+        rtp_time: 0,
+        ice_lost_since: None,
+    };
+    tokio::spawn(session.run(commands_rx, mic_rx, audio));
+    Ok((
+        LiveKitCall {
+            commands: commands_tx,
+            room,
+            playback,
+            counters,
+        },
+        events_rx,
+    ))
+}
+
+impl Session {
+    async fn run(
+        mut self,
+        mut commands: mpsc::Receiver<Command>,
+        mut mic: mpsc::Receiver<EncodedFrame>,
+        audio: AudioThreads,
+    ) {
+        let pub_sock = self.publisher.socket.clone();
+        let sub_sock = self.subscriber.socket.clone();
+        let mut pub_buf = vec![0u8; 2048];
+        let mut sub_buf = vec![0u8; 2048];
+        let media_deadline = Instant::now() + self.opts.media_timeout;
+        let mut mic_open = true;
+        self.drain_peers();
+        let end = loop {
+            let wake = self.publisher.timeout().min(self.subscriber.timeout());
+            tokio::select! {
+                cmd = commands.recv() => match cmd {
+                    Some(Command::Leave(done)) => break End::Left(Some(done)),
+                    None => break End::Left(None),
+                },
+                ev = self.signal_events.recv() => match ev {
+                    Some(SignalEvent::Message(msg)) => {
+                        if let Some(end) = self.on_signal(*msg).await {
+                            break end;
+                        }
+                    }
+                    Some(SignalEvent::Close(reason)) => break End::Lost(reason.into_owned()),
+                    None => break End::Lost("signalling task ended".into()),
+                },
+                r = pub_sock.recv_from(&mut pub_buf) => {
+                    if let Ok((n, from)) = r {
+                        self.publisher.receive(&pub_buf[..n], from, Instant::now());
+                    }
+                }
+                r = sub_sock.recv_from(&mut sub_buf) => {
+                    if let Ok((n, from)) = r {
+                        self.subscriber.receive(&sub_buf[..n], from, Instant::now());
+                    }
+                }
+                frame = mic.recv(), if mic_open => match frame {
+                    Some(f) => self.send_frame(f),
+                    None => mic_open = false,
+                },
+                _ = tokio::time::sleep_until(wake.into()) => {}
+            }
+            let now = Instant::now();
+            self.publisher.tick(now);
+            self.subscriber.tick(now);
+            self.drain_peers();
+            if let Some(end) = self.check_media(now, media_deadline) {
+                break end;
+            }
+        };
+        self.finish(end, audio).await;
+    }
+
+    fn emit(&self, event: LiveKitEvent) {
+        if let Err(e) = self.events.try_send(event) {
+            tracing::warn!("LiveKit event dropped (receiver full or gone): {e}");
+        }
+    }
+
+    fn check_media(&mut self, now: Instant, deadline: Instant) -> Option<End> {
+        let primary = &self.subscriber;
+        if !primary.connected && !self.publisher.connected && now > deadline {
+            return Some(End::MediaFailed(format!(
+                "no peer connection came up within {:?}",
+                self.opts.media_timeout
+            )));
+        }
+        match self.ice_lost_since {
+            Some(since) if now - since > ICE_LOSS_LIMIT => Some(End::MediaFailed(format!(
+                "media connection lost for more than {ICE_LOSS_LIMIT:?}"
+            ))),
+            _ => None,
+        }
+    }
+
+    async fn finish(mut self, end: End, audio: AudioThreads) {
+        let mut done = None;
+        let event = match end {
+            End::Left(d) => {
+                done = d;
+                self.send_leave().await;
+                None
+            }
+            End::MediaFailed(why) => {
+                tracing::warn!("LiveKit media failed: {why}");
+                self.send_leave().await;
+                Some(DisconnectReason::MediaFailed(why))
+            }
+            End::Server(reason) => Some(reason),
+            End::Lost(why) => Some(DisconnectReason::SignalLost(why)),
+        };
+        self.client.close().await;
+        self.publisher.rtc.disconnect();
+        self.subscriber.rtc.disconnect();
+        let _ = tokio::task::spawn_blocking(move || audio.stop()).await;
+        if let Ok(mut p) = self.playback.lock() {
+            p.clear();
+        }
+        if let Some(reason) = event {
+            tracing::info!("LiveKit call ended: {reason:?}");
+            self.emit(LiveKitEvent::Disconnected { reason });
+        }
+        if let Some(done) = done {
+            let _ = done.send(());
+        }
+    }
+
+    async fn send_leave(&self) {
+        self.client
+            .send(Request::Leave(proto::LeaveRequest {
+                can_reconnect: false,
+                reason: proto::DisconnectReason::ClientInitiated as i32,
+                action: proto::leave_request::Action::Disconnect as i32,
+                regions: None,
+            }))
+            .await;
+    }
+
+    async fn on_signal(&mut self, msg: Response) -> Option<End> {
+        match msg {
+            Response::Answer(sd) => return self.on_publisher_answer(sd),
+            Response::Offer(sd) => self.on_subscriber_offer(sd).await,
+            Response::Trickle(t) => self.on_trickle(&t),
+            Response::TrackPublished(tp) => return self.on_track_published(tp).await,
+            Response::Update(update) => {
+                let events = {
+                    let mut room = self.room.lock().ok()?;
+                    room.on_participant_update(&update.participants)
+                };
+                let gone = proto::participant_info::State::Disconnected as i32;
+                if let Ok(mut p) = self.playback.lock() {
+                    for info in update.participants.iter().filter(|i| i.state == gone) {
+                        p.remove_participant(&info.sid);
+                    }
+                }
+                for e in events {
+                    self.emit(e);
+                }
+            }
+            Response::SpeakersChanged(s) => {
+                let event = self.room.lock().ok()?.on_speakers_changed(&s.speakers);
+                if let Some(e) = event {
+                    self.emit(e);
+                }
+            }
+            Response::Leave(leave) => {
+                return Some(match leave_decision(&leave) {
+                    LeaveDecision::Disconnect(reason) => End::Server(reason),
+                    // Resume and full rejoin are not implemented yet: the call ends and the
+                    // daemon may join again.
+                    LeaveDecision::Resume | LeaveDecision::Rejoin => End::Lost(format!(
+                        "server asked to reconnect (reason {}), which this client does not do yet",
+                        leave.reason
+                    )),
+                });
+            }
+            Response::RequestResponse(r) => {
+                if r.reason != proto::request_response::Reason::Ok as i32 {
+                    tracing::warn!("LiveKit refused request {}: {}", r.request_id, r.message);
+                }
+            }
+            Response::SubscriptionResponse(r) => {
+                tracing::warn!(
+                    "LiveKit could not subscribe to {}: error {}",
+                    r.track_sid,
+                    r.err
+                );
+            }
+            Response::Join(_) | Response::Reconnect(_) => {
+                tracing::debug!("unexpected join/reconnect response mid-call, ignored");
+            }
+            _ => {}
+        }
+        None
+    }
+
+    async fn on_track_published(&mut self, tp: proto::TrackPublishedResponse) -> Option<End> {
+        if tp.cid != MIC_CID || !matches!(self.publish, Publish::AwaitTrack) {
+            return None;
+        }
+        let stream_id = self
+            .room
+            .lock()
+            .ok()
+            .map(|_| {
+                tp.track
+                    .as_ref()
+                    .map(|t| t.stream.clone())
+                    .unwrap_or_default()
+            })
+            .filter(|s| !s.is_empty())
+            .unwrap_or_else(|| "microphone".to_owned());
+        let mut api = self.publisher.rtc.sdp_api();
+        let mid = api.add_media(
+            MediaKind::Audio,
+            Direction::SendOnly,
+            Some(stream_id),
+            Some(MIC_CID.into()),
+            None,
+        );
+        let Some((offer, pending)) = api.apply() else {
+            self.publish = Publish::Failed;
+            return Some(End::MediaFailed(
+                "could not build the publisher offer".into(),
+            ));
+        };
+        let sdp = offer.to_sdp_string();
+        self.offer_id += 1;
+        self.client
+            .send(Request::Offer(proto::SessionDescription {
+                r#type: "offer".into(),
+                sdp: sdp.clone(),
+                id: self.offer_id,
+                ..Default::default()
+            }))
+            .await;
+        self.publish = Publish::AwaitAnswer { pending, mid };
+        let first = first_mid(&sdp).unwrap_or_else(|| mid.to_string());
+        self.trickle(proto::SignalTarget::Publisher, &first).await;
+        None
+    }
+
+    fn on_publisher_answer(&mut self, sd: proto::SessionDescription) -> Option<End> {
+        let Publish::AwaitAnswer { pending, mid } =
+            std::mem::replace(&mut self.publish, Publish::Failed)
+        else {
+            tracing::debug!("publisher answer without a pending offer, ignored");
+            return None;
+        };
+        let answer = match SdpAnswer::from_sdp_string(&sd.sdp) {
+            Ok(a) => a,
+            Err(e) => {
+                return Some(End::MediaFailed(format!(
+                    "publisher answer unparsable: {e}"
+                )))
+            }
+        };
+        if let Err(e) = self.publisher.rtc.sdp_api().accept_answer(pending, answer) {
+            return Some(End::MediaFailed(format!("publisher answer refused: {e}")));
+        }
+        let pt = self.publisher.rtc.writer(mid).and_then(|w| {
+            w.payload_params()
+                .find(|p| p.spec().codec == Codec::Opus)
+                .map(|p| p.pt())
+        });
+        match pt {
+            Some(pt) => {
+                tracing::info!(%mid, ?pt, "microphone track negotiated");
+                self.publish = Publish::Ready { mid, pt };
+                None
+            }
+            None => Some(End::MediaFailed(
+                "the SFU did not accept Opus for the microphone".into(),
+            )),
+        }
+    }
+
+    async fn on_subscriber_offer(&mut self, sd: proto::SessionDescription) {
+        let offer = match SdpOffer::from_sdp_string(&sd.sdp) {
+            Ok(o) => o,
+            Err(e) => {
+                tracing::warn!("subscriber offer unparsable, ignored: {e}");
+                return;
+            }
+        };
+        let answer = match self.subscriber.rtc.sdp_api().accept_offer(offer) {
+            Ok(a) => a,
+            Err(e) => {
+                tracing::warn!("subscriber offer refused: {e}");
+                return;
+            }
+        };
+        let sdp = fix_rejected_mlines(&answer.to_sdp_string(), &sd.sdp);
+        self.client
+            .send(Request::Answer(proto::SessionDescription {
+                r#type: "answer".into(),
+                sdp,
+                id: sd.id,
+                ..Default::default()
+            }))
+            .await;
+        if let Some(mid) = first_mid(&sd.sdp) {
+            self.trickle(proto::SignalTarget::Subscriber, &mid).await;
+        }
+        self.drain_peers();
+    }
+
+    async fn trickle(&self, target: proto::SignalTarget, mid: &str) {
+        let peer = match target {
+            proto::SignalTarget::Publisher => &self.publisher,
+            proto::SignalTarget::Subscriber => &self.subscriber,
+        };
+        self.client
+            .send(Request::Trickle(proto::TrickleRequest {
+                candidate_init: candidate_json(&peer.candidate, mid),
+                target: target as i32,
+                r#final: false,
+            }))
+            .await;
+    }
+
+    fn on_trickle(&mut self, t: &proto::TrickleRequest) {
+        let peer = match proto::SignalTarget::try_from(t.target) {
+            Ok(proto::SignalTarget::Publisher) => &mut self.publisher,
+            Ok(proto::SignalTarget::Subscriber) => &mut self.subscriber,
+            Err(_) => return,
+        };
+        match parse_remote_candidate(&t.candidate_init, self.opts.allowed_remote_nets.as_deref()) {
+            Ok(c) => peer.rtc.add_remote_candidate(c),
+            Err(why) => tracing::debug!("remote candidate skipped: {why}"),
+        }
+    }
+
+    fn send_frame(&mut self, frame: EncodedFrame) {
+        let rtp_time = MediaTime::new(self.rtp_time, Frequency::FORTY_EIGHT_KHZ);
+        self.rtp_time += FRAME_SAMPLES as u64;
+        let Publish::Ready { mid, pt } = self.publish else {
+            return;
+        };
+        if !self.publisher.connected {
+            return;
+        }
+        let Some(writer) = self.publisher.rtc.writer(mid) else {
+            return;
+        };
+        let (level, voice) = frame.level;
+        match writer
+            .audio_level(level, voice)
+            .write(pt, Instant::now(), rtp_time, frame.opus)
+        {
+            Ok(()) => {
+                self.counters
+                    .packets_sent
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+            Err(e) => tracing::debug!("microphone frame not sent: {e}"),
+        }
+    }
+
+    fn drain_peers(&mut self) {
+        let mut events = Vec::new();
+        self.publisher.drain(&mut events);
+        for e in events.drain(..) {
+            if let Event::IceConnectionStateChange(state) = e {
+                tracing::debug!(?state, "publisher ICE");
+            }
+        }
+        self.subscriber.drain(&mut events);
+        for e in events {
+            self.on_subscriber_event(e);
+        }
+    }
+
+    fn on_subscriber_event(&mut self, event: Event) {
+        match event {
+            Event::MediaAdded(added) if added.kind == MediaKind::Audio => {
+                let Some(media) = self.subscriber.rtc.media(added.mid) else {
+                    return;
+                };
+                let stream = media.stream_id().to_owned();
+                let (participant, track) = match parse_livekit_msid(&stream) {
+                    Some((p, t)) => (p.to_owned(), t.to_owned()),
+                    None => (String::new(), media.track_id().to_owned()),
+                };
+                tracing::info!(mid = %added.mid, %participant, %track, "remote audio track");
+                if let Ok(mut p) = self.playback.lock() {
+                    p.add_track(&track, &participant);
+                }
+                self.mid_tracks.insert(added.mid, track);
+            }
+            Event::MediaData(data) => {
+                if let Some(track) = self.mid_tracks.get(&data.mid) {
+                    if let Ok(mut p) = self.playback.lock() {
+                        p.insert(track, **data.seq_range.start(), data.data.to_vec());
+                    }
+                }
+            }
+            Event::IceConnectionStateChange(state) => {
+                use str0m::IceConnectionState as S;
+                tracing::debug!(?state, "subscriber ICE");
+                match state {
+                    S::Disconnected => {
+                        self.ice_lost_since.get_or_insert_with(Instant::now);
+                    }
+                    S::Connected | S::Completed => self.ice_lost_since = None,
+                    _ => {}
+                }
+            }
+            _ => {}
+        }
+    }
+}
