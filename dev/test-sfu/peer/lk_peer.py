@@ -1,0 +1,149 @@
+#!/usr/bin/env python3
+"""Interop test peer using the official LiveKit Python SDK (`livekit.rtc`).
+
+Joins a room, publishes a mono 48 kHz sine "microphone" track, subscribes to remote audio and
+reports, as JSON lines on stdout:
+  {"event":"connected","identity":...}
+  {"event":"track_subscribed","identity":...}
+  {"event":"tone","identity":...,"freq":...,"level_db":...,"ratio":...}   (about once a second)
+  {"event":"participant_disconnected","identity":...,"reason":...}
+  {"event":"disconnected","reason":...}
+  {"event":"error","message":...}
+`ratio` is the Goertzel power at the expected frequency divided by the total power of the
+window (1.0 = pure tone). Exits on stdin EOF, after the duration, or when disconnected.
+
+usage: lk_peer.py URL TOKEN TONE_HZ EXPECT_HZ DURATION_S
+"""
+
+import asyncio
+import json
+import math
+import sys
+import threading
+
+import numpy as np
+from livekit import rtc
+
+RATE = 48000
+FRAME = 480  # 10 ms
+
+
+def emit(**kw):
+    print(json.dumps(kw), flush=True)
+
+
+def reason_name(reason):
+    try:
+        return rtc.DisconnectReason.Name(int(reason))
+    except Exception:  # noqa: BLE001 - unknown values are printed as numbers
+        return str(reason)
+
+
+def goertzel_ratio(samples: np.ndarray, freq: float):
+    """Return (power ratio at freq, level in dBFS) of a float window in [-1, 1]."""
+    n = len(samples)
+    if n == 0:
+        return 0.0, -120.0
+    k = 2.0 * math.cos(2.0 * math.pi * freq / RATE)
+    s1 = s2 = 0.0
+    for x in samples:
+        s0 = x + k * s1 - s2
+        s2, s1 = s1, s0
+    power = s1 * s1 + s2 * s2 - k * s1 * s2
+    total = float(np.sum(samples * samples))
+    # A pure sine of energy E gives Goertzel power ~ E * n / 2.
+    ratio = (2.0 * power / n) / total if total > 0 else 0.0
+    rms = math.sqrt(total / n)
+    level = 20.0 * math.log10(rms) if rms > 0 else -120.0
+    return min(ratio, 1.0), level
+
+
+async def publish_tone(source: rtc.AudioSource, freq: float, stop: asyncio.Event):
+    phase = 0
+    frame = rtc.AudioFrame.create(RATE, 1, FRAME)
+    t = np.arange(FRAME)
+    while not stop.is_set():
+        buf = np.frombuffer(frame.data, dtype=np.int16)
+        buf[:] = (0.3 * 32767 * np.sin(2 * np.pi * freq * (t + phase) / RATE)).astype(np.int16)
+        phase += FRAME
+        await source.capture_frame(frame)
+
+
+async def listen(track, identity: str, expect: float, stop: asyncio.Event):
+    stream = rtc.AudioStream(track, sample_rate=RATE, num_channels=1)
+    window = []
+    count = 0
+    async for ev in stream:
+        if stop.is_set():
+            break
+        data = np.frombuffer(ev.frame.data, dtype=np.int16).astype(np.float64) / 32768.0
+        window.append(data)
+        count += len(data)
+        if count >= RATE:
+            samples = np.concatenate(window)[:RATE]
+            ratio, level = goertzel_ratio(samples, expect)
+            emit(event="tone", identity=identity, freq=expect, level_db=round(level, 1), ratio=round(ratio, 3))
+            window, count = [], 0
+    await stream.aclose()
+
+
+def watch_stdin(loop: asyncio.AbstractEventLoop, stop: asyncio.Event):
+    """Set `stop` on stdin EOF (daemon thread: never blocks exit)."""
+    def run():
+        sys.stdin.read()
+        loop.call_soon_threadsafe(stop.set)
+    threading.Thread(target=run, daemon=True).start()
+
+
+async def main():
+    if len(sys.argv) != 6:
+        print(__doc__, file=sys.stderr)
+        sys.exit(2)
+    url, token, tone, expect, duration = sys.argv[1:]
+    tone, expect, duration = float(tone), float(expect), float(duration)
+    stop = asyncio.Event()
+    room = rtc.Room()
+    tasks = []
+
+    @room.on("track_subscribed")
+    def on_track(track, publication, participant):
+        if track.kind == rtc.TrackKind.KIND_AUDIO:
+            emit(event="track_subscribed", identity=participant.identity, track=publication.sid)
+            tasks.append(asyncio.ensure_future(listen(track, participant.identity, expect, stop)))
+
+    @room.on("participant_disconnected")
+    def on_gone(participant):
+        emit(event="participant_disconnected", identity=participant.identity,
+             reason=reason_name(participant.disconnect_reason))
+
+    @room.on("disconnected")
+    def on_disconnected(reason):
+        emit(event="disconnected", reason=reason_name(reason))
+        stop.set()
+
+    try:
+        await room.connect(url, token, rtc.RoomOptions(auto_subscribe=True))
+    except Exception as e:  # noqa: BLE001 - reported to the test, which decides
+        emit(event="error", message=str(e))
+        sys.exit(1)
+    emit(event="connected", identity=room.local_participant.identity)
+
+    source = rtc.AudioSource(RATE, 1)
+    track = rtc.LocalAudioTrack.create_audio_track("tone", source)
+    await room.local_participant.publish_track(
+        track, rtc.TrackPublishOptions(source=rtc.TrackSource.SOURCE_MICROPHONE))
+    tasks.append(asyncio.ensure_future(publish_tone(source, tone, stop)))
+    watch_stdin(asyncio.get_running_loop(), stop)
+    try:
+        await asyncio.wait_for(stop.wait(), timeout=duration)
+    except asyncio.TimeoutError:
+        pass
+    stop.set()
+    await room.disconnect()
+    for t in tasks:
+        t.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
