@@ -3,4 +3,5 @@
 #![allow(dead_code)]
 
 pub mod pcm;
+pub mod sfu;
 pub mod tone;

@@ -1,0 +1,192 @@
+//! The device's LiveKit client against the in-repo test SFU on 127.0.0.1: two clients
+//! exchange distinct tones, see each other leave, and are told when the room is deleted.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use matrix_intercom::livekit::{
+    connect, split_identity, ConnectOptions, DisconnectReason, LiveKitCall, LiveKitError,
+    LiveKitEvent,
+};
+use matrix_intercom::secret::Secret;
+use support::pcm::{RecordingSink, ToneSource};
+use support::sfu::{join_token, TestSfu};
+use support::tone::longest_tone_run;
+use tokio::sync::mpsc::Receiver;
+
+/// 5 s of 20 ms frames.
+const FIVE_SECONDS: usize = 250;
+
+struct Party {
+    call: LiveKitCall,
+    events: Receiver<LiveKitEvent>,
+    heard: std::sync::Arc<std::sync::Mutex<Vec<i16>>>,
+}
+
+fn loopback_only() -> ConnectOptions {
+    ConnectOptions {
+        allowed_remote_nets: Some(vec!["127.0.0.0/8".parse().unwrap()]),
+        ..ConnectOptions::default()
+    }
+}
+
+async fn join(sfu: &TestSfu, identity: &str, room: &str, tone_hz: f64) -> Party {
+    let sink = RecordingSink::new();
+    let heard = sink.recording();
+    let (call, events) = connect(
+        &sfu.ws_url(),
+        &join_token(identity, room),
+        loopback_only(),
+        Box::new(ToneSource::new(tone_hz, 8000)),
+        Box::new(sink),
+    )
+    .await
+    .expect("joined the test SFU");
+    Party {
+        call,
+        events,
+        heard,
+    }
+}
+
+/// Waits (bounded) for an event matching `pred`, skipping others.
+async fn wait_event(
+    events: &mut Receiver<LiveKitEvent>,
+    within: Duration,
+    pred: impl Fn(&LiveKitEvent) -> bool,
+) -> LiveKitEvent {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        match tokio::time::timeout_at(deadline, events.recv()).await {
+            Ok(Some(e)) if pred(&e) => return e,
+            Ok(Some(_)) => continue,
+            Ok(None) => panic!("event channel closed"),
+            Err(_) => panic!("no matching event within {within:?}"),
+        }
+    }
+}
+
+/// Waits (bounded) until `party` has heard `freq` for 5 s without a break.
+async fn wait_heard(party: &Party, freq: f64, within: Duration) {
+    let deadline = Instant::now() + within;
+    loop {
+        let run = longest_tone_run(&party.heard.lock().unwrap(), freq);
+        if run >= FIVE_SECONDS {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "heard {freq} Hz for only {run} frames in a row; stats: {:?}",
+            party.call.stats()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+fn assert_clean_audio_from(party: &Party, identity: &str) {
+    let stats = party.call.stats();
+    assert!(stats.packets_sent > FIVE_SECONDS as u64, "{stats:?}");
+    let track = stats
+        .tracks
+        .iter()
+        .find(|t| t.identity.as_deref() == Some(identity))
+        .unwrap_or_else(|| panic!("no track from {identity}: {stats:?}"));
+    let d = track.stats.decode;
+    let repaired = d.frames_concealed + d.frames_fec;
+    assert!(d.frames_decoded >= FIVE_SECONDS as u64, "{stats:?}");
+    assert!(
+        repaired * 50 < d.frames_decoded,
+        "more than 2 % of frames concealed: {stats:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_clients_hear_each_other_and_see_the_leave() {
+    let sfu = TestSfu::start(true);
+    let mut alice = join(&sfu, "@alice:example.org:ALICEDEV", "door", 440.0).await;
+    let bob = join(&sfu, "@bob:example.org:BOBDEV", "door", 1000.0).await;
+
+    let joined = wait_event(&mut alice.events, Duration::from_secs(10), |e| {
+        matches!(e, LiveKitEvent::ParticipantJoined { .. })
+    })
+    .await;
+    let LiveKitEvent::ParticipantJoined { identity } = joined else {
+        unreachable!()
+    };
+    assert_eq!(
+        split_identity(&identity),
+        Some(("@bob:example.org", "BOBDEV"))
+    );
+
+    wait_heard(&alice, 1000.0, Duration::from_secs(40)).await;
+    wait_heard(&bob, 440.0, Duration::from_secs(20)).await;
+    // Each hears only the other, never its own tone.
+    assert_eq!(longest_tone_run(&alice.heard.lock().unwrap(), 440.0), 0);
+    assert_eq!(longest_tone_run(&bob.heard.lock().unwrap(), 1000.0), 0);
+    assert_clean_audio_from(&alice, "@bob:example.org:BOBDEV");
+    assert_clean_audio_from(&bob, "@alice:example.org:ALICEDEV");
+    assert!(alice
+        .call
+        .participants()
+        .iter()
+        .any(|p| p.identity == "@bob:example.org:BOBDEV" && p.sid.starts_with("PA_")));
+
+    bob.call.leave().await;
+    wait_event(&mut alice.events, Duration::from_secs(20), |e| {
+        *e == LiveKitEvent::ParticipantLeft {
+            identity: "@bob:example.org:BOBDEV".into(),
+        }
+    })
+    .await;
+    assert!(alice.call.participants().is_empty());
+    alice.call.leave().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleting_the_room_ends_the_call_with_room_deleted() {
+    let sfu = TestSfu::start(true);
+    let mut carol = join(&sfu, "@carol:example.org:CAROLDEV", "doomed", 440.0).await;
+    // Wait until media flows so the room is fully set up.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while carol.call.stats().packets_sent == 0 {
+        assert!(Instant::now() < deadline, "no packet sent");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let sfu_ref = &sfu;
+    let (status, body) = tokio::task::block_in_place(|| {
+        sfu_ref.twirp("DeleteRoom", "doomed", r#"{"room":"doomed"}"#)
+    });
+    assert_eq!(status, 200, "{body}");
+    let ended = wait_event(&mut carol.events, Duration::from_secs(20), |e| {
+        matches!(e, LiveKitEvent::Disconnected { .. })
+    })
+    .await;
+    assert_eq!(
+        ended,
+        LiveKitEvent::Disconnected {
+            reason: DisconnectReason::RoomDeleted
+        }
+    );
+    // The call is over: leaving now is harmless.
+    carol.call.leave().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forged_token_is_refused_with_a_signalling_error() {
+    let sfu = TestSfu::start(true);
+    let forged = Secret::new("eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJ4In0.c2lnbmF0dXJl");
+    let result = connect(
+        &sfu.ws_url(),
+        &forged,
+        loopback_only(),
+        Box::new(ToneSource::new(440.0, 8000)),
+        Box::new(RecordingSink::new()),
+    )
+    .await;
+    match result {
+        Err(LiveKitError::Signal(msg)) => assert!(!msg.contains("c2lnbmF0dXJl"), "{msg}"),
+        Err(e) => panic!("unexpected error {e}"),
+        Ok(_) => panic!("a forged token was accepted"),
+    }
+}
