@@ -314,10 +314,10 @@ impl Session {
                     )),
                 });
             }
-            Response::RequestResponse(r) => {
-                if r.reason != proto::request_response::Reason::Ok as i32 {
-                    tracing::warn!("LiveKit refused request {}: {}", r.request_id, r.message);
-                }
+            Response::RequestResponse(r)
+                if r.reason != proto::request_response::Reason::Ok as i32 =>
+            {
+                tracing::warn!("LiveKit refused request {}: {}", r.request_id, r.message);
             }
             Response::SubscriptionResponse(r) => {
                 tracing::warn!(

@@ -110,10 +110,11 @@ impl PcmSink for RecordingSink {
         self.samples.lock().unwrap().extend_from_slice(frame);
         if let Some(f) = &mut self.file {
             for s in frame {
-                f.write_all(&s.to_le_bytes()).map_err(|e| PcmError::Device {
-                    device: "recording file".into(),
-                    reason: e.to_string(),
-                })?;
+                f.write_all(&s.to_le_bytes())
+                    .map_err(|e| PcmError::Device {
+                        device: "recording file".into(),
+                        reason: e.to_string(),
+                    })?;
             }
         }
         Ok(())

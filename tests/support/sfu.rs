@@ -34,7 +34,9 @@ impl TestSfu {
                 .build()
                 .expect("SFU runtime");
             rt.block_on(async move {
-                let udp = tokio::net::UdpSocket::bind("127.0.0.1:0").await.expect("SFU UDP");
+                let udp = tokio::net::UdpSocket::bind("127.0.0.1:0")
+                    .await
+                    .expect("SFU UDP");
                 let local = udp.local_addr().unwrap();
                 let plan = NetPlan {
                     local,

@@ -26,7 +26,8 @@ pub fn tone_share(frame: &[i16], freq: f64) -> f64 {
 
 /// Whether a frame carries `freq` clearly (loud enough, and dominant).
 pub fn frame_has_tone(frame: &[i16], freq: f64) -> bool {
-    let rms = (frame.iter().map(|&s| f64::from(s).powi(2)).sum::<f64>() / frame.len() as f64).sqrt();
+    let rms =
+        (frame.iter().map(|&s| f64::from(s).powi(2)).sum::<f64>() / frame.len() as f64).sqrt();
     rms > 500.0 && tone_share(frame, freq) > 0.5
 }
 
