@@ -8,6 +8,7 @@ reports, as JSON lines on stdout:
   {"event":"tone","identity":...,"freq":...,"level_db":...,"ratio":...}   (about once a second)
   {"event":"participant_disconnected","identity":...,"reason":...}
   {"event":"disconnected","reason":...}
+  {"event":"reconnecting"} / {"event":"reconnected"}   (signalling resume)
   {"event":"error","message":...}
 `ratio` is the Goertzel power at the expected frequency divided by the total power of the
 window (1.0 = pure tone). Exits on stdin EOF, after the duration, or when disconnected.
@@ -115,6 +116,14 @@ async def main():
     def on_gone(participant):
         emit(event="participant_disconnected", identity=participant.identity,
              reason=reason_name(participant.disconnect_reason))
+
+    @room.on("reconnecting")
+    def on_reconnecting():
+        emit(event="reconnecting")
+
+    @room.on("reconnected")
+    def on_reconnected():
+        emit(event="reconnected")
 
     @room.on("disconnected")
     def on_disconnected(reason):

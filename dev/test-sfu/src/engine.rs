@@ -30,11 +30,15 @@ pub enum ConnMsg {
 /// Room-service (Twirp) requests.
 #[derive(Debug)]
 pub enum Admin {
-    CreateRoom(proto::CreateRoomRequest, oneshot::Sender<proto::Room>),
+    /// Create (or return the existing) room of this name.
+    CreateRoom(String, oneshot::Sender<proto::Room>),
     DeleteRoom(String, oneshot::Sender<bool>),
     ListParticipants(String, oneshot::Sender<Option<Vec<proto::ParticipantInfo>>>),
     ListRooms(Vec<String>, oneshot::Sender<Vec<proto::Room>>),
 }
+
+/// Identifies one signalling connection (a resume replaces the participant's connection).
+pub type ConnId = u64;
 
 /// To the engine.
 #[derive(Debug)]
@@ -44,12 +48,22 @@ pub enum Command {
     /// Join: messages for the participant go to `tx` (JoinResponse first).
     Join {
         grant: JoinGrant,
+        conn: ConnId,
         tx: mpsc::UnboundedSender<ConnMsg>,
         reply: oneshot::Sender<Result<Pid, JoinError>>,
     },
-    Signal(Pid, Req),
+    /// Resume (`reconnect=1&sid=`): attach a new connection to a kept participant. `Err` =
+    /// unknown participant (the caller answers STATE_MISMATCH).
+    Resume {
+        pid: Pid,
+        grant: JoinGrant,
+        conn: ConnId,
+        tx: mpsc::UnboundedSender<ConnMsg>,
+        reply: oneshot::Sender<Result<(), ()>>,
+    },
+    Signal(Pid, Box<Req>),
     /// The signalling connection ended without `leave`.
-    Gone(Pid),
+    Gone(Pid, ConnId),
     Admin(Admin),
     /// Tell everyone SERVER_SHUTDOWN and stop.
     Shutdown(oneshot::Sender<()>),
@@ -66,15 +80,20 @@ fn now_ms() -> i64 {
 pub struct Engine {
     core: Core,
     peers: BTreeMap<Pid, Peer>,
-    conns: BTreeMap<Pid, mpsc::UnboundedSender<ConnMsg>>,
+    conns: BTreeMap<Pid, (ConnId, mpsc::UnboundedSender<ConnMsg>)>,
     socket: UdpSocket,
     plan: NetPlan,
+    /// Participants whose signalling connection vanished, kept until the deadline for a resume.
+    detached: BTreeMap<Pid, Instant>,
 }
+
+/// How long a participant whose signalling connection vanished is kept for a resume.
+pub const RESUME_GRACE: Duration = Duration::from_secs(15);
 
 enum PeerEvent {
     Active(Pid),
     MediaLine(Pid, String),
-    Media(Pid, MediaData),
+    Media(Pid, Box<MediaData>),
 }
 
 impl Engine {
@@ -85,6 +104,7 @@ impl Engine {
             conns: BTreeMap::new(),
             socket,
             plan,
+            detached: BTreeMap::new(),
         }
     }
 
@@ -117,7 +137,7 @@ impl Engine {
     }
 
     fn send(&self, pid: &str, msg: Resp) {
-        if let Some(tx) = self.conns.get(pid) {
+        if let Some((_, tx)) = self.conns.get(pid) {
             let _ = tx.send(ConnMsg::Send(Box::new(proto::SignalResponse {
                 message: Some(msg),
             })));
@@ -130,7 +150,7 @@ impl Engine {
             match o {
                 Out::Signal(pid, msg) => self.send(&pid, msg),
                 Out::Close(pid) => {
-                    if let Some(tx) = self.conns.remove(&pid) {
+                    if let Some((_, tx)) = self.conns.remove(&pid) {
                         let _ = tx.send(ConnMsg::Close);
                     }
                 }
@@ -177,12 +197,17 @@ impl Engine {
             Command::CheckRoom(room, reply) => {
                 let _ = reply.send(self.core.check_room(&room));
             }
-            Command::Join { grant, tx, reply } => match self.core.join(&grant, now_ms()) {
+            Command::Join {
+                grant,
+                conn,
+                tx,
+                reply,
+            } => match self.core.join(&grant, now_ms()) {
                 Ok((pid, join, out)) => {
                     let _ = tx.send(ConnMsg::Send(Box::new(proto::SignalResponse {
                         message: Some(Resp::Join(join)),
                     })));
-                    self.conns.insert(pid.clone(), tx);
+                    self.conns.insert(pid.clone(), (conn, tx));
                     self.peers
                         .insert(pid.clone(), Peer::new(self.plan.clone(), Instant::now()));
                     tracing::info!("{} joined {} as {pid}", grant.identity, grant.room);
@@ -195,16 +220,53 @@ impl Engine {
                     let _ = reply.send(Err(e));
                 }
             },
-            Command::Signal(pid, req) => self.signal(&pid, req),
-            Command::Gone(pid) => {
-                if self.core.contains(&pid) {
-                    // Resume is not supported: a vanished client is dropped at once.
-                    tracing::info!("{pid}: signalling connection lost, dropping");
-                    let out = self
-                        .core
-                        .participant_gone(&pid, proto::DisconnectReason::SignalClose);
-                    self.apply(out);
+            Command::Signal(pid, req) => self.signal(&pid, *req),
+            Command::Gone(pid, conn) => {
+                // Ignore the end of a connection a resume already replaced.
+                if self.core.contains(&pid) && self.conns.get(&pid).is_none_or(|(c, _)| *c == conn)
+                {
+                    tracing::info!("{pid}: signalling connection lost, kept for a resume");
+                    self.conns.remove(&pid);
+                    self.detached.insert(pid, Instant::now() + RESUME_GRACE);
                 }
+            }
+            Command::Resume {
+                pid,
+                grant,
+                conn,
+                tx,
+                reply,
+            } => {
+                if !self.core.is_member(&pid, &grant.identity, &grant.room) {
+                    let _ = reply.send(Err(()));
+                    return;
+                }
+                tracing::info!("{pid} resumes");
+                self.detached.remove(&pid);
+                if let Some((_, old)) = self.conns.insert(pid.clone(), (conn, tx)) {
+                    let _ = old.send(ConnMsg::Close);
+                }
+                self.send(
+                    &pid,
+                    Resp::Reconnect(proto::ReconnectResponse {
+                        server_info: Some(crate::room::server_info()),
+                        ..Default::default()
+                    }),
+                );
+                let others = self.core.others(&pid);
+                if !others.is_empty() {
+                    self.send(
+                        &pid,
+                        Resp::Update(proto::ParticipantUpdate {
+                            participants: others,
+                        }),
+                    );
+                }
+                if let Some(peer) = self.peers.get_mut(&pid) {
+                    peer.restart_ice();
+                }
+                self.offer_if_due(&pid);
+                let _ = reply.send(Ok(()));
             }
             Command::Admin(a) => self.admin(a),
             Command::Shutdown(_) => unreachable!("handled in run"),
@@ -213,8 +275,8 @@ impl Engine {
 
     fn admin(&mut self, a: Admin) {
         match a {
-            Admin::CreateRoom(req, reply) => {
-                let room = self.core.create_room(&req.name, now_ms());
+            Admin::CreateRoom(name, reply) => {
+                let room = self.core.create_room(&name, now_ms());
                 let _ = reply.send(room);
             }
             Admin::DeleteRoom(name, reply) => {
@@ -276,6 +338,10 @@ impl Engine {
                 let out = self.core.add_track(pid, &t);
                 self.apply(out);
             }
+            Req::Mute(m) => {
+                let out = self.core.mute(pid, &m.sid, m.muted);
+                self.apply(out);
+            }
             Req::Leave(_) => {
                 let out = self
                     .core
@@ -295,7 +361,7 @@ impl Engine {
             Receive {
                 proto: Protocol::Udp,
                 source,
-                destination: self.plan.local,
+                destination: self.plan.destination_for(source),
                 contents,
             },
         );
@@ -316,9 +382,25 @@ impl Engine {
     /// output, hence the bounded repeat). Returns the next deadline.
     fn drive(&mut self) -> Instant {
         let now = Instant::now();
+        let expired: Vec<Pid> = self
+            .detached
+            .iter()
+            .filter(|(_, t)| **t <= now)
+            .map(|(p, _)| p.clone())
+            .collect();
+        for pid in expired {
+            tracing::info!("{pid}: no resume within {RESUME_GRACE:?}, dropping");
+            self.detached.remove(&pid);
+            let out = self
+                .core
+                .participant_gone(&pid, proto::DisconnectReason::SignalClose);
+            self.apply(out);
+        }
+        let now = Instant::now();
         for _ in 0..8 {
             let (next, events) = self.poll_all(now);
             if events.is_empty() {
+                let next = self.detached.values().fold(next, |a, b| a.min(*b));
                 return next.max(now + Duration::from_millis(1));
             }
             self.handle_events(events);
@@ -364,7 +446,7 @@ impl Engine {
                                 events.push(PeerEvent::MediaLine(pid.clone(), m.mid.to_string()))
                             }
                             Event::MediaData(d) if !is_sub => {
-                                events.push(PeerEvent::Media(pid.clone(), d))
+                                events.push(PeerEvent::Media(pid.clone(), Box::new(d)))
                             }
                             Event::IceConnectionStateChange(s) => {
                                 tracing::debug!(

@@ -58,18 +58,24 @@ impl Request {
 }
 
 fn percent_decode(s: &str) -> String {
+    fn hex(b: u8) -> Option<u8> {
+        (b as char).to_digit(16).map(|d| d as u8)
+    }
     let bytes = s.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
     while i < bytes.len() {
         match bytes[i] {
             b'+' => out.push(b' '),
-            b'%' if i + 2 < bytes.len() => match u8::from_str_radix(&s[i + 1..i + 3], 16) {
-                Ok(b) => {
-                    out.push(b);
+            b'%' => match (
+                bytes.get(i + 1).and_then(|b| hex(*b)),
+                bytes.get(i + 2).and_then(|b| hex(*b)),
+            ) {
+                (Some(h), Some(l)) => {
+                    out.push(h << 4 | l);
                     i += 2;
                 }
-                Err(_) => out.push(b'%'),
+                _ => out.push(b'%'),
             },
             b => out.push(b),
         }
@@ -146,6 +152,8 @@ fn reason(status: u16) -> &'static str {
         401 => "Unauthorized",
         404 => "Not Found",
         405 => "Method Not Allowed",
+        408 => "Request Timeout",
+        503 => "Service Unavailable",
         _ => "Error",
     }
 }
@@ -179,6 +187,7 @@ mod tests {
         assert_eq!(req.path, "/rtc");
         assert_eq!(req.token(), Some("abc.def"));
         assert!(req.is_websocket_upgrade());
+        assert_eq!(percent_decode("a%2Fb%zz%é%4"), "a/b%zz%é%4");
         let raw = b"POST /x HTTP/1.1\r\nAuthorization: Bearer hdr\r\nContent-Length: 2\r\n\r\n{}";
         let mut r = BufReader::new(&raw[..]);
         let req = read_request(&mut r).await.unwrap();

@@ -34,20 +34,33 @@ pub struct NetPlan {
 }
 
 impl NetPlan {
+    /// Host candidates, one per advertised address, all on the bound port. (An advertised
+    /// address may differ from the bound one, e.g. QEMU's 10.0.2.2 for the host's loopback.)
     fn candidates(&self) -> Vec<Candidate> {
         self.advertise
             .iter()
             .filter_map(|ip| {
                 let addr = SocketAddr::new(*ip, self.local.port());
-                let c = if *ip == self.local.ip() {
-                    Candidate::host(addr, "udp")
-                } else {
-                    Candidate::server_reflexive(addr, self.local, "udp")
-                };
-                c.map_err(|e| tracing::warn!("cannot advertise {addr}: {e}"))
+                Candidate::host(addr, "udp")
+                    .map_err(|e| tracing::warn!("cannot advertise {addr}: {e}"))
                     .ok()
             })
             .collect()
+    }
+
+    /// The advertised address a datagram from `source` was sent to, as str0m must see it
+    /// (ICE-lite only answers checks addressed to one of its host candidates): the bound
+    /// address if advertised, else the advertised address in the sender's /24, else the first.
+    pub fn destination_for(&self, source: SocketAddr) -> SocketAddr {
+        let port = self.local.port();
+        if self.advertise.contains(&self.local.ip()) || self.advertise.is_empty() {
+            return self.local;
+        }
+        let same_net = self.advertise.iter().find(|a| match (a, source.ip()) {
+            (IpAddr::V4(a), IpAddr::V4(s)) => a.octets()[..3] == s.octets()[..3],
+            _ => false,
+        });
+        SocketAddr::new(*same_net.unwrap_or(&self.advertise[0]), port)
     }
 
     /// Client candidates outside 127.0.0.0/8 and the advertised /24 subnets are dropped.
@@ -89,6 +102,9 @@ pub struct Peer {
     pending: Option<(u32, SdpPendingOffer)>,
     queue: Vec<SubOp>,
     offered_once: bool,
+    /// An answer to one of our subscriber offers was applied.
+    negotiated: bool,
+    ice_restart: bool,
     next_offer_id: u32,
     publisher_trickled: bool,
     plan: NetPlan,
@@ -129,6 +145,8 @@ impl Peer {
             pending: None,
             queue: Vec::new(),
             offered_once: false,
+            negotiated: false,
+            ice_restart: false,
             next_offer_id: 1,
             publisher_trickled: false,
             plan,
@@ -191,15 +209,42 @@ impl Peer {
         self.queue.extend(mids.into_iter().map(SubOp::Stop));
     }
 
+    /// After a resume: the next subscriber offer restarts ICE. An unanswered offer is dropped
+    /// and its new lines are offered again.
+    pub fn restart_ice(&mut self) {
+        if self.pending.take().is_some() {
+            let unanswered: Vec<OutTrack> = self.outs.extract_if(.., |o| !o.ready).collect();
+            for o in unanswered.into_iter().rev() {
+                self.queue.insert(
+                    0,
+                    SubOp::Add {
+                        track: o.track,
+                        publisher: o.publisher,
+                    },
+                );
+            }
+        }
+        if !self.negotiated {
+            // The dropped offer was the first one: its data channels must be offered again.
+            self.offered_once = false;
+        }
+        self.ice_restart = true;
+    }
+
     /// The next subscriber offer (and, for the first one, our trickles), if one is due and none
     /// is outstanding.
     pub fn next_subscriber_offer(
         &mut self,
     ) -> Option<(proto::SessionDescription, Vec<proto::TrickleRequest>)> {
-        if self.pending.is_some() || (self.offered_once && self.queue.is_empty()) {
+        if self.pending.is_some()
+            || (self.offered_once && self.queue.is_empty() && !self.ice_restart)
+        {
             return None;
         }
         let mut api = self.subscriber.sdp_api();
+        if std::mem::take(&mut self.ice_restart) {
+            api.ice_restart(true);
+        }
         if !self.offered_once {
             api.add_channel_with_config(ChannelConfig {
                 label: "_reliable".into(),
@@ -272,6 +317,7 @@ impl Peer {
         for o in &mut self.outs {
             o.ready = true;
         }
+        self.negotiated = true;
         Ok(())
     }
 
@@ -334,5 +380,21 @@ mod tests {
         assert!(!plan.allows_remote("192.168.1.20".parse().unwrap()));
         assert!(!plan.allows_remote("10.77.4.2".parse().unwrap()));
         assert!(!plan.allows_remote("::1".parse().unwrap()));
+        let src = "10.77.3.2:5000".parse().unwrap();
+        assert_eq!(plan.destination_for(src), plan.local);
+    }
+
+    #[test]
+    fn qemu_style_advertised_address_is_the_destination() {
+        let plan = NetPlan {
+            local: "127.0.0.1:7882".parse().unwrap(),
+            advertise: vec!["10.0.2.2".parse().unwrap()],
+        };
+        let src = "127.0.0.1:40000".parse().unwrap();
+        assert_eq!(plan.destination_for(src), "10.0.2.2:7882".parse().unwrap());
+        assert_eq!(
+            plan.candidates()[0].addr(),
+            "10.0.2.2:7882".parse().unwrap()
+        );
     }
 }

@@ -33,6 +33,8 @@ pub enum JoinError {
 }
 
 /// An action the IO layer must carry out, in order.
+// Short-lived and moved once; boxing every signalling message buys nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
 pub enum Out {
     /// Send a signalling message to one participant.
@@ -352,6 +354,25 @@ impl Core {
         (Some(sid), out)
     }
 
+    /// `mute` from the publisher: record it and tell everyone.
+    pub fn mute(&mut self, pid: &str, track: &str, muted: bool) -> Vec<Out> {
+        let mut out = Vec::new();
+        let Some(p) = self.parts.get_mut(pid) else {
+            return out;
+        };
+        let Some(t) = p.info.tracks.iter_mut().find(|t| t.sid == track) else {
+            return out;
+        };
+        if t.muted == muted {
+            return out;
+        }
+        t.muted = muted;
+        if let Some((room, info)) = self.bump(pid) {
+            self.broadcast(&room, None, &info, &mut out);
+        }
+        out
+    }
+
     /// The published track carried on the publisher's media line `mid`, if any.
     pub fn track_of_mid(&self, pid: &str, mid: &str) -> Option<&str> {
         let p = self.parts.get(pid)?;
@@ -367,6 +388,24 @@ impl Core {
         self.parts
             .get(pid)
             .is_some_and(|p| p.info.state == State::Active as i32)
+    }
+
+    /// Whether `pid` is a participant with this identity in this room (for resumes).
+    pub fn is_member(&self, pid: &str, identity: &str, room: &str) -> bool {
+        self.parts
+            .get(pid)
+            .is_some_and(|p| p.info.identity == identity && p.room == room)
+    }
+
+    /// Infos of everyone else in `pid`'s room.
+    pub fn others(&self, pid: &str) -> Vec<proto::ParticipantInfo> {
+        let Some(p) = self.parts.get(pid) else {
+            return Vec::new();
+        };
+        self.members(&p.room)
+            .filter(|m| *m != pid)
+            .map(|m| self.parts[m].info.clone())
+            .collect()
     }
 
     pub fn contains(&self, pid: &str) -> bool {
@@ -534,6 +573,9 @@ mod tests {
             .unwrap();
         assert!(upd < sub);
         assert_eq!(core.track_of_mid(&a, "3"), Some(sid.as_str()));
+        let out = core.mute(&a, &sid, true);
+        assert!(updates_for(&out, &b)[0].tracks[0].muted);
+        assert!(core.mute(&a, &sid, true).is_empty());
         let out = core.participant_gone(&a, proto::DisconnectReason::ClientInitiated);
         let gone = updates_for(&out, &b);
         assert_eq!(gone[0].state, State::Disconnected as i32);

@@ -1,7 +1,7 @@
 //! The signalling port: HTTP routing (`/rtc`, `/rtc/validate`, `/rtc/v1*`, Twirp room service)
 //! and the WebSocket session of each participant. Owns TCP connections; must not touch media.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use futures_util::{SinkExt, StreamExt};
@@ -19,6 +19,9 @@ use crate::auth::{Auth, AuthError};
 use crate::engine::{Admin, Command, ConnMsg};
 use crate::http::{read_request, respond, Request};
 use crate::room::JoinError;
+
+/// How long a client may take to send its request.
+const HEAD_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Shared by every connection task.
 pub struct Shared {
@@ -62,9 +65,10 @@ async fn text(stream: &mut BufReader<TcpStream>, status: u16, body: &str) -> any
 
 async fn connection(stream: TcpStream, shared: Arc<Shared>) -> anyhow::Result<()> {
     let mut stream = BufReader::new(stream);
-    let req = match read_request(&mut stream).await {
-        Ok(r) => r,
-        Err(e) => return text(&mut stream, 400, &e.to_string()).await,
+    let req = match tokio::time::timeout(HEAD_TIMEOUT, read_request(&mut stream)).await {
+        Ok(Ok(r)) => r,
+        Ok(Err(e)) => return text(&mut stream, 400, &e.to_string()).await,
+        Err(_) => return text(&mut stream, 408, "request not received in time").await,
     };
     match req.path.trim_end_matches('/') {
         "/rtc/v1" | "/rtc/v1/validate" => {
@@ -134,35 +138,6 @@ async fn rtc_session(
     req: Request,
     shared: Arc<Shared>,
 ) -> anyhow::Result<()> {
-    if req
-        .query("reconnect")
-        .is_some_and(|v| v == "1" || v == "true")
-    {
-        // Resume is not implemented: tell the client to do a full reconnect.
-        let Some(head) = handshake_response(&req) else {
-            return text(&mut stream, 400, "missing Sec-WebSocket-Key").await;
-        };
-        stream.get_mut().write_all(head.as_bytes()).await?;
-        let mut ws = WebSocketStream::from_raw_socket(stream, Role::Server, None).await;
-        let leave = proto::SignalResponse {
-            message: Some(proto::signal_response::Message::Leave(
-                proto::LeaveRequest {
-                    can_reconnect: true,
-                    reason: proto::DisconnectReason::StateMismatch as i32,
-                    action: proto::leave_request::Action::Reconnect as i32,
-                    regions: None,
-                },
-            )),
-        };
-        ws.send(Message::Binary(leave.encode_to_vec().into()))
-            .await?;
-        ws.close(Some(CloseFrame {
-            code: CloseCode::Normal,
-            reason: "".into(),
-        }))
-        .await?;
-        return Ok(());
-    }
     let grant = shared
         .auth
         .join_grant(req.token(), req.query("room"))
@@ -171,16 +146,39 @@ async fn rtc_session(
         return text(&mut stream, 400, "missing Sec-WebSocket-Key").await;
     };
     let (tx, mut out_rx) = mpsc::unbounded_channel();
-    let (reply_tx, reply_rx) = oneshot::channel();
-    let _ = shared.engine.send(Command::Join {
-        grant,
-        tx,
-        reply: reply_tx,
-    });
-    let pid = match reply_rx.await {
-        Ok(Ok(pid)) => pid,
-        Ok(Err(e)) => return text(&mut stream, 404, &e.to_string()).await,
-        Err(_) => return text(&mut stream, 503, "server is shutting down").await,
+    static NEXT_CONN: AtomicU64 = AtomicU64::new(1);
+    let conn = NEXT_CONN.fetch_add(1, Ordering::SeqCst);
+    let resume = req
+        .query("reconnect")
+        .is_some_and(|v| v == "1" || v == "true");
+    let pid = if resume {
+        let pid = req.query("sid").unwrap_or_default().to_string();
+        let (reply_tx, reply_rx) = oneshot::channel();
+        let _ = shared.engine.send(Command::Resume {
+            pid: pid.clone(),
+            grant,
+            conn,
+            tx,
+            reply: reply_tx,
+        });
+        match reply_rx.await {
+            Ok(Ok(())) => pid,
+            Ok(Err(())) => return state_mismatch(stream, &head).await,
+            Err(_) => return text(&mut stream, 503, "server is shutting down").await,
+        }
+    } else {
+        let (reply_tx, reply_rx) = oneshot::channel();
+        let _ = shared.engine.send(Command::Join {
+            grant,
+            conn,
+            tx,
+            reply: reply_tx,
+        });
+        match reply_rx.await {
+            Ok(Ok(pid)) => pid,
+            Ok(Err(e)) => return text(&mut stream, 404, &e.to_string()).await,
+            Err(_) => return text(&mut stream, 503, "server is shutting down").await,
+        }
     };
     shared.sessions.fetch_add(1, Ordering::SeqCst);
     let _guard = SessionGuard(shared.clone());
@@ -195,7 +193,7 @@ async fn rtc_session(
                         if matches!(m, proto::signal_request::Message::Leave(_)) {
                             left = true;
                         }
-                        let _ = shared.engine.send(Command::Signal(pid.clone(), m));
+                        let _ = shared.engine.send(Command::Signal(pid.clone(), Box::new(m)));
                     }
                     Ok(_) => {}
                     Err(e) => tracing::debug!("{pid}: undecodable signal request: {e}"),
@@ -222,8 +220,32 @@ async fn rtc_session(
         }
     }
     if !left {
-        let _ = shared.engine.send(Command::Gone(pid));
+        let _ = shared.engine.send(Command::Gone(pid, conn));
     }
+    Ok(())
+}
+
+/// Unknown participant on resume: `LeaveRequest{STATE_MISMATCH, RECONNECT}` (full re-join).
+async fn state_mismatch(mut stream: BufReader<TcpStream>, head: &str) -> anyhow::Result<()> {
+    stream.get_mut().write_all(head.as_bytes()).await?;
+    let mut ws = WebSocketStream::from_raw_socket(stream, Role::Server, None).await;
+    let leave = proto::SignalResponse {
+        message: Some(proto::signal_response::Message::Leave(
+            proto::LeaveRequest {
+                can_reconnect: true,
+                reason: proto::DisconnectReason::StateMismatch as i32,
+                action: proto::leave_request::Action::Reconnect as i32,
+                regions: None,
+            },
+        )),
+    };
+    ws.send(Message::Binary(leave.encode_to_vec().into()))
+        .await?;
+    ws.close(Some(CloseFrame {
+        code: CloseCode::Normal,
+        reason: "".into(),
+    }))
+    .await?;
     Ok(())
 }
 

@@ -96,6 +96,15 @@ impl NetnsPair {
         c
     }
 
+    /// Abort every TCP connection in namespace `ns` going to `dst_ip:dst_port` (`ss -K`): the
+    /// client sees its signalling connection vanish, without a LiveKit `leave`.
+    pub fn kill_tcp(ns: &str, dst_ip: &str, dst_port: u16) -> Result<(), TestkitError> {
+        let port = dst_port.to_string();
+        ip(&[
+            "netns", "exec", ns, "ss", "-K", "dst", dst_ip, "dport", "=", &port,
+        ])
+    }
+
     /// Run `f` on a thread that has entered namespace `ns` (for in-process HTTP/WS clients).
     pub fn run_in<T: Send + 'static>(
         ns: &str,
@@ -254,6 +263,19 @@ impl Drop for LineProcess {
     }
 }
 
+/// The `mi-test-sfu` binary for tests of other crates: env `MI_TEST_SFU_BIN`, else
+/// `mi-test-sfu` next to the running test's `deps/` directory (build it first with
+/// `cargo build -p mi-test-sfu`, same target dir). This crate's own tests use
+/// `env!("CARGO_BIN_EXE_mi-test-sfu")`.
+pub fn sfu_binary() -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os("MI_TEST_SFU_BIN") {
+        return Some(PathBuf::from(p));
+    }
+    let exe = std::env::current_exe().ok()?;
+    let candidate = exe.parent()?.parent()?.join("mi-test-sfu");
+    candidate.exists().then_some(candidate)
+}
+
 /// A running `mi-test-sfu` and its base URL.
 pub struct Sfu {
     pub process: LineProcess,
@@ -293,27 +315,34 @@ impl Sfu {
     }
 }
 
-/// Start the Python SDK peer (`peer/lk_peer.py`) inside `ns`.
-pub fn start_peer(
-    python: &Path,
-    ns: &str,
-    url: &str,
-    token: &str,
-    tone_hz: u32,
-    expect_hz: u32,
-    duration_s: u32,
-    name: &str,
-) -> Result<LineProcess, TestkitError> {
+/// What one Python SDK peer (`peer/lk_peer.py`) does.
+#[derive(Debug, Clone)]
+pub struct PeerSpec<'a> {
+    /// Label for its output lines.
+    pub name: &'a str,
+    /// `ws://…` of the SFU.
+    pub url: &'a str,
+    pub token: &'a str,
+    /// Frequency of the sine it publishes.
+    pub tone_hz: u32,
+    /// Frequency its detector reports on.
+    pub expect_hz: u32,
+    /// It leaves after this long (or on stdin EOF).
+    pub duration_s: u32,
+}
+
+/// Start the Python SDK peer inside namespace `ns`.
+pub fn start_peer(python: &Path, ns: &str, spec: &PeerSpec) -> Result<LineProcess, TestkitError> {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("peer/lk_peer.py");
     let mut cmd = NetnsPair::command_in(ns, python);
     cmd.arg(script).args([
-        url,
-        token,
-        &tone_hz.to_string(),
-        &expect_hz.to_string(),
-        &duration_s.to_string(),
+        spec.url,
+        spec.token,
+        &spec.tone_hz.to_string(),
+        &spec.expect_hz.to_string(),
+        &spec.duration_s.to_string(),
     ]);
-    LineProcess::spawn(name, cmd)
+    LineProcess::spawn(spec.name, cmd)
 }
 
 /// A minimal blocking HTTP/1.1 request (for tests; run inside a namespace with

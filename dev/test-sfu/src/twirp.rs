@@ -73,7 +73,7 @@ pub async fn handle(req: &Request, method: &str, shared: &Shared) -> Reply {
             if r.name.is_empty() {
                 return error(400, "invalid_argument", "room name is empty");
             }
-            match admin(shared, |tx| Admin::CreateRoom(r, tx)).await {
+            match admin(shared, |tx| Admin::CreateRoom(r.name, tx)).await {
                 Some(room) => encode(req, &room),
                 None => gone(),
             }

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use common::*;
-use mi_test_sfu::testkit::{start_peer, LineProcess, NetnsPair, Sfu};
+use mi_test_sfu::testkit::{start_peer, LineProcess, NetnsPair, PeerSpec, Sfu};
 use serde_json::Value;
 
 struct Setup {
@@ -33,17 +33,16 @@ fn setup(extra: &[&str]) -> Option<Setup> {
 
 impl Setup {
     fn peer(&self, identity: &str, room: &str, tone: u32, expect: u32) -> LineProcess {
-        start_peer(
-            &self.python,
-            &self.net.py_ns,
-            &self.sfu.ws_url(),
-            &join_token(identity, room),
-            tone,
-            expect,
-            60,
-            identity,
-        )
-        .expect("peer started")
+        let (url, token) = (self.sfu.ws_url(), join_token(identity, room));
+        let spec = PeerSpec {
+            name: identity,
+            url: &url,
+            token: &token,
+            tone_hz: tone,
+            expect_hz: expect,
+            duration_s: 60,
+        };
+        start_peer(&self.python, &self.net.py_ns, &spec).expect("peer started")
     }
 
     fn twirp(&self, method: &'static str, room: &str, body: String) -> (u16, String) {
@@ -119,7 +118,9 @@ fn two_sdk_peers_hear_each_other_and_see_a_leave() {
 
 #[test]
 fn delete_room_disconnects_everyone_with_room_deleted() {
-    let Some(s) = setup(&["--no-auto-create"]) else { return };
+    let Some(s) = setup(&["--no-auto-create"]) else {
+        return;
+    };
     let (status, _) = s.twirp("CreateRoom", "doomed", r#"{"name":"doomed"}"#.into());
     assert_eq!(status, 200);
     let mut a = s.peer("carol", "doomed", 440, 1000);
@@ -146,5 +147,39 @@ fn sigterm_tells_participants_server_shutdown() {
         .wait_json(Duration::from_secs(20), event("disconnected"))
         .expect("peer disconnected");
     assert_eq!(v["reason"], "SERVER_SHUTDOWN");
-    assert!(s.sfu.process.wait_exit(Duration::from_secs(10)), "SFU exited");
+    assert!(
+        s.sfu.process.wait_exit(Duration::from_secs(10)),
+        "SFU exited"
+    );
+}
+
+#[test]
+fn sdk_peers_resume_after_their_signalling_connections_vanish() {
+    let Some(s) = setup(&[]) else { return };
+    let mut a = s.peer("frank", "resume", 440, 1000);
+    let mut b = s.peer("grace", "resume", 1000, 440);
+    connected(&mut a);
+    connected(&mut b);
+    hears(&mut a, "grace", 2);
+    hears(&mut b, "frank", 2);
+
+    let port: u16 = s.sfu.http.rsplit(':').next().unwrap().parse().unwrap();
+    NetnsPair::kill_tcp(&s.net.py_ns, &s.net.sfu_ip(), port).expect("ss -K");
+    for p in [&mut a, &mut b] {
+        p.wait_json(Duration::from_secs(30), event("reconnected"))
+            .expect("peer resumed");
+        // Only tone reports from after the resume count below.
+        p.seen.retain(|l| !l.contains("\"tone\""));
+    }
+    hears(&mut a, "grace", 3);
+    hears(&mut b, "frank", 3);
+    for p in [&a, &b] {
+        assert!(
+            !p.seen
+                .iter()
+                .any(|l| l.contains("participant_disconnected") || l.contains("\"disconnected\"")),
+            "a resume is not a leave: {:?}",
+            p.seen
+        );
+    }
 }
