@@ -10,7 +10,7 @@ use std::sync::mpsc as std_mpsc;
 use std::time::{Duration, Instant};
 
 use matrix_intercom::livekit::{connect, ConnectOptions, LiveKitEvent};
-use mi_test_sfu::testkit::{start_peer, LineProcess, NetnsPair};
+use mi_test_sfu::testkit::{start_peer, LineProcess, NetnsPair, PeerSpec};
 use serde_json::Value;
 use support::pcm::{RecordingSink, ToneSource};
 use support::sfu::{join_token, TestSfu};
@@ -62,15 +62,18 @@ fn device_and_python_sdk_hear_each_other_and_see_the_leave() {
     let sfu = TestSfu::start_on(sfu_ip, Some(net.sfu_ns.clone()), true);
     let url = sfu.ws_url();
 
+    let python_token = join_token(PYTHON, "door");
     let mut peer = start_peer(
         &python,
         &net.py_ns,
-        &url,
-        join_token(PYTHON, "door").expose(),
-        1000,
-        440,
-        60,
-        "python",
+        &PeerSpec {
+            name: "python",
+            url: &url,
+            token: python_token.expose(),
+            tone_hz: 1000,
+            expect_hz: 440,
+            duration_s: 60,
+        },
     )
     .expect("Python peer started");
     let v = peer
