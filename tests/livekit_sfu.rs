@@ -11,6 +11,7 @@ use matrix_intercom::livekit::{
 };
 use matrix_intercom::secret::Secret;
 use support::pcm::{RecordingSink, ToneSource};
+use support::proxy::TcpProxy;
 use support::sfu::{join_token, TestSfu};
 use support::tone::longest_tone_run;
 use tokio::sync::mpsc::Receiver;
@@ -189,4 +190,126 @@ async fn a_forged_token_is_refused_with_a_signalling_error() {
         Err(e) => panic!("unexpected error {e}"),
         Ok(_) => panic!("a forged token was accepted"),
     }
+}
+
+async fn join_via(url: &str, identity: &str, room: &str, tone_hz: f64) -> Party {
+    let sink = RecordingSink::new();
+    let heard = sink.recording();
+    let (call, events) = connect(
+        url,
+        &join_token(identity, room),
+        loopback_only(),
+        Box::new(ToneSource::new(tone_hz, 8000)),
+        Box::new(sink),
+    )
+    .await
+    .expect("joined through the proxy");
+    Party {
+        call,
+        events,
+        heard,
+    }
+}
+
+/// Waits (bounded) until `party` hears `freq` for `frames` frames in a row in the audio
+/// recorded after sample `from`.
+async fn wait_heard_after(party: &Party, from: usize, freq: f64, frames: usize, within: Duration) {
+    let deadline = Instant::now() + within;
+    loop {
+        let run = {
+            let heard = party.heard.lock().unwrap();
+            longest_tone_run(&heard[from.min(heard.len())..], freq)
+        };
+        if run >= frames {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "after recovery heard {freq} Hz for only {run} frames; stats: {:?}",
+            party.call.stats()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lost_signalling_is_resumed_and_audio_continues() {
+    let sfu = TestSfu::start(true);
+    let proxy = TcpProxy::start(sfu.http).await;
+    let mut alice = join_via(
+        &proxy.ws_url(),
+        "@alice:example.org:ALICEDEV",
+        "door",
+        440.0,
+    )
+    .await;
+    let mut bob = join(&sfu, "@bob:example.org:BOBDEV", "door", 1000.0).await;
+    wait_heard_after(&alice, 0, 1000.0, 50, Duration::from_secs(30)).await;
+    let alice_seen_by_bob = bob.call.participants();
+    assert_eq!(alice_seen_by_bob.len(), 1);
+
+    proxy.cut();
+    wait_event(&mut alice.events, Duration::from_secs(20), |e| {
+        *e == LiveKitEvent::Reconnecting
+    })
+    .await;
+    wait_event(&mut alice.events, Duration::from_secs(20), |e| {
+        *e == LiveKitEvent::Reconnected
+    })
+    .await;
+    let mark_alice = alice.heard.lock().unwrap().len();
+    let mark_bob = bob.heard.lock().unwrap().len();
+    wait_heard_after(&alice, mark_alice, 1000.0, 100, Duration::from_secs(20)).await;
+    wait_heard_after(&bob, mark_bob, 440.0, 100, Duration::from_secs(20)).await;
+    // Same session: bob still sees alice under her first participant sid, and never saw her leave.
+    assert_eq!(bob.call.participants(), alice_seen_by_bob);
+    while let Ok(e) = bob.events.try_recv() {
+        assert!(!matches!(e, LiveKitEvent::ParticipantLeft { .. }), "{e:?}");
+    }
+    assert_eq!(alice.call.participants().len(), 1);
+    alice.call.leave().await;
+    bob.call.leave().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_resume_falls_back_to_a_full_rejoin() {
+    // Alice is alone on the first SFU; the link drops and her resume reaches a second SFU
+    // that does not know her (as after a server restart): STATE_MISMATCH → full rejoin.
+    let first = TestSfu::start(true);
+    let second = TestSfu::start(true);
+    let proxy = TcpProxy::start(first.http).await;
+    let mut alice = join_via(
+        &proxy.ws_url(),
+        "@alice:example.org:ALICEDEV",
+        "door",
+        440.0,
+    )
+    .await;
+    let bob = join(&second, "@bob:example.org:BOBDEV", "door", 1000.0).await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while alice.call.stats().packets_sent == 0 {
+        assert!(Instant::now() < deadline, "alice sent nothing");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    proxy.retarget(second.http);
+    proxy.cut();
+    wait_event(&mut alice.events, Duration::from_secs(20), |e| {
+        *e == LiveKitEvent::Reconnecting
+    })
+    .await;
+    wait_event(&mut alice.events, Duration::from_secs(30), |e| {
+        *e == (LiveKitEvent::ParticipantJoined {
+            identity: "@bob:example.org:BOBDEV".into(),
+        })
+    })
+    .await;
+    wait_event(&mut alice.events, Duration::from_secs(20), |e| {
+        *e == LiveKitEvent::Reconnected
+    })
+    .await;
+    wait_heard_after(&alice, 0, 1000.0, 100, Duration::from_secs(20)).await;
+    wait_heard_after(&bob, 0, 440.0, 100, Duration::from_secs(20)).await;
+    alice.call.leave().await;
+    bob.call.leave().await;
 }

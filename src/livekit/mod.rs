@@ -18,6 +18,7 @@ pub mod jitter;
 pub mod mixer;
 pub mod net;
 pub mod peer;
+mod recovery;
 pub mod room;
 pub mod sdp;
 mod session;

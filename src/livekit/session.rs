@@ -5,6 +5,7 @@
 //! details live in [`super::peer`] and [`super::audio`]; room bookkeeping in [`super::room`].
 
 use std::collections::HashMap;
+use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -30,39 +31,78 @@ use super::sdp::{
 use super::{net, Command, ConnectOptions, Counters, LiveKitCall, LiveKitError};
 
 /// Client id of our one microphone track (AddTrackRequest.cid, SDP msid track id).
-const MIC_CID: &str = "mic0";
+pub(super) const MIC_CID: &str = "mic0";
 /// How long the ICE connection may stay lost before the call counts as failed.
 const ICE_LOSS_LIMIT: Duration = Duration::from_secs(10);
 
-enum Publish {
+pub(super) enum Publish {
     AwaitTrack,
     AwaitAnswer { pending: SdpPendingOffer, mid: Mid },
     Ready { mid: Mid, pt: Pt },
     Failed,
 }
 
-enum End {
+pub(super) enum End {
     Left(Option<oneshot::Sender<()>>),
     Server(DisconnectReason),
     Lost(String),
     MediaFailed(String),
+    /// Not an end: the server or a lost link asks for a resume or a rejoin.
+    Recover(Recovery),
 }
 
-struct Session {
-    client: SignalClient,
-    signal_events: SignalEvents,
-    opts: ConnectOptions,
-    publisher: Peer,
-    subscriber: Peer,
-    publish: Publish,
-    offer_id: u32,
-    room: Arc<Mutex<Room>>,
-    playback: Arc<Mutex<Playback>>,
-    counters: Arc<Counters>,
-    events: mpsc::Sender<LiveKitEvent>,
-    mid_tracks: HashMap<Mid, String>,
-    rtp_time: u64,
-    ice_lost_since: Option<Instant>,
+/// How to get back into the room.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Recovery {
+    /// Same session: `reconnect=1&sid=`, ICE restart.
+    Resume,
+    /// New join, new participant sid, republish.
+    Rejoin,
+}
+
+pub(super) struct Session {
+    pub(super) url: String,
+    pub(super) local_ip: IpAddr,
+    pub(super) client: SignalClient,
+    pub(super) signal_events: SignalEvents,
+    pub(super) opts: ConnectOptions,
+    pub(super) publisher: Peer,
+    pub(super) subscriber: Peer,
+    pub(super) publish: Publish,
+    pub(super) offer_id: u32,
+    pub(super) room: Arc<Mutex<Room>>,
+    pub(super) playback: Arc<Mutex<Playback>>,
+    pub(super) counters: Arc<Counters>,
+    pub(super) events: mpsc::Sender<LiveKitEvent>,
+    pub(super) mid_tracks: HashMap<Mid, String>,
+    pub(super) rtp_time: u64,
+    pub(super) ice_lost_since: Option<Instant>,
+    pub(super) media_deadline: Instant,
+    /// Kept for SyncState on resume.
+    pub(super) last_offer: Option<proto::SessionDescription>,
+    pub(super) last_answer: Option<proto::SessionDescription>,
+    pub(super) published: Option<proto::TrackPublishedResponse>,
+    /// Between `Reconnecting` and `Reconnected`.
+    pub(super) reconnecting: bool,
+}
+
+pub(super) fn signal_options() -> SignalOptions {
+    let mut options = SignalOptions::default();
+    options.auto_subscribe = true;
+    options.single_peer_connection = false;
+    options.region_failover = false;
+    options
+}
+
+pub(super) fn add_track_request() -> Request {
+    Request::AddTrack(proto::AddTrackRequest {
+        cid: MIC_CID.into(),
+        name: "microphone".into(),
+        r#type: proto::TrackType::Audio as i32,
+        source: proto::TrackSource::Microphone as i32,
+        disable_red: true,
+        ..Default::default()
+    })
 }
 
 pub(super) async fn start(
@@ -76,13 +116,10 @@ pub(super) async fn start(
         Some(ip) => ip,
         None => net::route_source_ip(url).await?,
     };
-    let mut options = SignalOptions::default();
-    options.auto_subscribe = true;
-    options.single_peer_connection = false;
-    options.region_failover = false;
-    let (client, join, signal_events) = SignalClient::connect(url, jwt.expose(), options, None)
-        .await
-        .map_err(|e| LiveKitError::Signal(e.to_string()))?;
+    let (client, join, signal_events) =
+        SignalClient::connect(url, jwt.expose(), signal_options(), None)
+            .await
+            .map_err(|e| LiveKitError::Signal(e.to_string()))?;
     let local_sid = match join.participant.as_ref() {
         Some(p) if p.sid.starts_with("PA_") => p.sid.clone(),
         _ => {
@@ -112,21 +149,19 @@ pub(super) async fn start(
     let playback = Arc::new(Mutex::new(Playback::default()));
     let counters = Arc::new(Counters::default());
 
-    client
-        .send(Request::AddTrack(proto::AddTrackRequest {
-            cid: MIC_CID.into(),
-            name: "microphone".into(),
-            r#type: proto::TrackType::Audio as i32,
-            source: proto::TrackSource::Microphone as i32,
-            disable_red: true,
-            ..Default::default()
-        }))
-        .await;
+    client.send(add_track_request()).await;
 
     let (mic_tx, mic_rx) = mpsc::channel(8);
     let audio = AudioThreads::start(source, sink, mic_tx, playback.clone())?;
     let (commands_tx, commands_rx) = mpsc::channel(4);
     let session = Session {
+        url: url.to_owned(),
+        local_ip: bind_ip,
+        media_deadline: now + opts.media_timeout,
+        last_offer: None,
+        last_answer: None,
+        published: None,
+        reconnecting: false,
         client,
         signal_events,
         opts,
@@ -161,65 +196,76 @@ impl Session {
         mut mic: mpsc::Receiver<EncodedFrame>,
         audio: AudioThreads,
     ) {
-        let pub_sock = self.publisher.socket.clone();
-        let sub_sock = self.subscriber.socket.clone();
         let mut pub_buf = vec![0u8; 2048];
         let mut sub_buf = vec![0u8; 2048];
-        let media_deadline = Instant::now() + self.opts.media_timeout;
         let mut mic_open = true;
         self.drain_peers();
         let end = loop {
+            // Fresh handles each turn: a rejoin replaces the peers and their sockets.
+            let pub_sock = self.publisher.socket.clone();
+            let sub_sock = self.subscriber.socket.clone();
             let wake = self.publisher.timeout().min(self.subscriber.timeout());
-            tokio::select! {
+            let outcome = tokio::select! {
                 cmd = commands.recv() => match cmd {
-                    Some(Command::Leave(done)) => break End::Left(Some(done)),
-                    None => break End::Left(None),
+                    Some(Command::Leave(done)) => Some(End::Left(Some(done))),
+                    None => Some(End::Left(None)),
                 },
                 ev = self.signal_events.recv() => match ev {
-                    Some(SignalEvent::Message(msg)) => {
-                        if let Some(end) = self.on_signal(*msg).await {
-                            break end;
-                        }
+                    Some(SignalEvent::Message(msg)) => self.on_signal(*msg).await,
+                    Some(SignalEvent::Close(reason)) => {
+                        tracing::warn!("LiveKit signalling lost: {reason}");
+                        Some(End::Recover(Recovery::Resume))
                     }
-                    Some(SignalEvent::Close(reason)) => break End::Lost(reason.into_owned()),
-                    None => break End::Lost("signalling task ended".into()),
+                    None => Some(End::Recover(Recovery::Resume)),
                 },
                 r = pub_sock.recv_from(&mut pub_buf) => {
                     if let Ok((n, from)) = r {
                         self.publisher.receive(&pub_buf[..n], from, Instant::now());
                     }
+                    None
                 }
                 r = sub_sock.recv_from(&mut sub_buf) => {
                     if let Ok((n, from)) = r {
                         self.subscriber.receive(&sub_buf[..n], from, Instant::now());
                     }
+                    None
                 }
-                frame = mic.recv(), if mic_open => match frame {
-                    Some(f) => self.send_frame(f),
-                    None => mic_open = false,
-                },
-                _ = tokio::time::sleep_until(wake.into()) => {}
+                frame = mic.recv(), if mic_open => {
+                    match frame {
+                        Some(f) => self.send_frame(f),
+                        None => mic_open = false,
+                    }
+                    None
+                }
+                _ = tokio::time::sleep_until(wake.into()) => None,
+            };
+            let outcome = match outcome {
+                Some(End::Recover(kind)) => self.recover(kind).await,
+                other => other,
+            };
+            if let Some(end) = outcome {
+                break end;
             }
             let now = Instant::now();
             self.publisher.tick(now);
             self.subscriber.tick(now);
             self.drain_peers();
-            if let Some(end) = self.check_media(now, media_deadline) {
+            if let Some(end) = self.check_media(now) {
                 break end;
             }
         };
         self.finish(end, audio).await;
     }
 
-    fn emit(&self, event: LiveKitEvent) {
+    pub(super) fn emit(&self, event: LiveKitEvent) {
         if let Err(e) = self.events.try_send(event) {
             tracing::warn!("LiveKit event dropped (receiver full or gone): {e}");
         }
     }
 
-    fn check_media(&mut self, now: Instant, deadline: Instant) -> Option<End> {
+    fn check_media(&mut self, now: Instant) -> Option<End> {
         let primary = &self.subscriber;
-        if !primary.connected && !self.publisher.connected && now > deadline {
+        if !primary.connected && !self.publisher.connected && now > self.media_deadline {
             return Some(End::MediaFailed(format!(
                 "no peer connection came up within {:?}",
                 self.opts.media_timeout
@@ -248,6 +294,7 @@ impl Session {
             }
             End::Server(reason) => Some(reason),
             End::Lost(why) => Some(DisconnectReason::SignalLost(why)),
+            End::Recover(kind) => Some(DisconnectReason::SignalLost(format!("{kind:?} failed"))),
         };
         self.client.close().await;
         self.publisher.rtc.disconnect();
@@ -276,7 +323,7 @@ impl Session {
             .await;
     }
 
-    async fn on_signal(&mut self, msg: Response) -> Option<End> {
+    pub(super) async fn on_signal(&mut self, msg: Response) -> Option<End> {
         match msg {
             Response::Answer(sd) => return self.on_publisher_answer(sd),
             Response::Offer(sd) => self.on_subscriber_offer(sd).await,
@@ -306,12 +353,8 @@ impl Session {
             Response::Leave(leave) => {
                 return Some(match leave_decision(&leave) {
                     LeaveDecision::Disconnect(reason) => End::Server(reason),
-                    // Resume and full rejoin are not implemented yet: the call ends and the
-                    // daemon may join again.
-                    LeaveDecision::Resume | LeaveDecision::Rejoin => End::Lost(format!(
-                        "server asked to reconnect (reason {}), which this client does not do yet",
-                        leave.reason
-                    )),
+                    LeaveDecision::Resume => End::Recover(Recovery::Resume),
+                    LeaveDecision::Rejoin => End::Recover(Recovery::Rejoin),
                 });
             }
             Response::RequestResponse(r)
@@ -338,42 +381,46 @@ impl Session {
         if tp.cid != MIC_CID || !matches!(self.publish, Publish::AwaitTrack) {
             return None;
         }
+        self.published = Some(tp);
+        self.send_publisher_offer(false).await
+    }
+
+    /// Offers the microphone line (adding it first if needed), with an ICE restart if asked.
+    pub(super) async fn send_publisher_offer(&mut self, ice_restart: bool) -> Option<End> {
         let stream_id = self
-            .room
-            .lock()
-            .ok()
-            .map(|_| {
-                tp.track
-                    .as_ref()
-                    .map(|t| t.stream.clone())
-                    .unwrap_or_default()
-            })
+            .published
+            .as_ref()
+            .and_then(|p| p.track.as_ref())
+            .map(|t| t.stream.clone())
             .filter(|s| !s.is_empty())
             .unwrap_or_else(|| "microphone".to_owned());
         let mut api = self.publisher.rtc.sdp_api();
-        let mid = api.add_media(
-            MediaKind::Audio,
-            Direction::SendOnly,
-            Some(stream_id),
-            Some(MIC_CID.into()),
-            None,
-        );
+        let mid = match &self.publish {
+            Publish::Ready { mid, .. } | Publish::AwaitAnswer { mid, .. } => *mid,
+            Publish::AwaitTrack | Publish::Failed => api.add_media(
+                MediaKind::Audio,
+                Direction::SendOnly,
+                Some(stream_id),
+                Some(MIC_CID.into()),
+                None,
+            ),
+        };
+        if ice_restart {
+            api.ice_restart(true);
+        }
         let Some((offer, pending)) = api.apply() else {
-            self.publish = Publish::Failed;
-            return Some(End::MediaFailed(
-                "could not build the publisher offer".into(),
-            ));
+            return None; // nothing changed: the current negotiation stands
         };
         let sdp = offer.to_sdp_string();
         self.offer_id += 1;
-        self.client
-            .send(Request::Offer(proto::SessionDescription {
-                r#type: "offer".into(),
-                sdp: sdp.clone(),
-                id: self.offer_id,
-                ..Default::default()
-            }))
-            .await;
+        let description = proto::SessionDescription {
+            r#type: "offer".into(),
+            sdp: sdp.clone(),
+            id: self.offer_id,
+            ..Default::default()
+        };
+        self.last_offer = Some(description.clone());
+        self.client.send(Request::Offer(description)).await;
         self.publish = Publish::AwaitAnswer { pending, mid };
         let first = first_mid(&sdp).unwrap_or_else(|| mid.to_string());
         self.trickle(proto::SignalTarget::Publisher, &first).await;
@@ -407,6 +454,10 @@ impl Session {
             Some(pt) => {
                 tracing::info!(%mid, ?pt, "microphone track negotiated");
                 self.publish = Publish::Ready { mid, pt };
+                if self.reconnecting {
+                    self.reconnecting = false;
+                    self.emit(LiveKitEvent::Reconnected);
+                }
                 None
             }
             None => Some(End::MediaFailed(
@@ -431,21 +482,21 @@ impl Session {
             }
         };
         let sdp = fix_rejected_mlines(&answer.to_sdp_string(), &sd.sdp);
-        self.client
-            .send(Request::Answer(proto::SessionDescription {
-                r#type: "answer".into(),
-                sdp,
-                id: sd.id,
-                ..Default::default()
-            }))
-            .await;
+        let description = proto::SessionDescription {
+            r#type: "answer".into(),
+            sdp,
+            id: sd.id,
+            ..Default::default()
+        };
+        self.last_answer = Some(description.clone());
+        self.client.send(Request::Answer(description)).await;
         if let Some(mid) = first_mid(&sd.sdp) {
             self.trickle(proto::SignalTarget::Subscriber, &mid).await;
         }
         self.drain_peers();
     }
 
-    async fn trickle(&self, target: proto::SignalTarget, mid: &str) {
+    pub(super) async fn trickle(&self, target: proto::SignalTarget, mid: &str) {
         let peer = match target {
             proto::SignalTarget::Publisher => &self.publisher,
             proto::SignalTarget::Subscriber => &self.subscriber,
@@ -497,7 +548,7 @@ impl Session {
         }
     }
 
-    fn drain_peers(&mut self) {
+    pub(super) fn drain_peers(&mut self) {
         let mut events = Vec::new();
         self.publisher.drain(&mut events);
         for e in events.drain(..) {

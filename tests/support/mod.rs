@@ -3,5 +3,6 @@
 #![allow(dead_code)]
 
 pub mod pcm;
+pub mod proxy;
 pub mod sfu;
 pub mod tone;
