@@ -6,7 +6,7 @@ mod support;
 use std::time::{Duration, Instant};
 
 use matrix_intercom::livekit::{
-    connect, split_identity, ConnectOptions, DisconnectReason, LiveKitCall, LiveKitError,
+    connect, split_identity, ConnectOptions, DisconnectReason, E2eeKeys, LiveKitCall, LiveKitError,
     LiveKitEvent,
 };
 use matrix_intercom::secret::Secret;
@@ -15,6 +15,11 @@ use support::proxy::TcpProxy;
 use support::sfu::{join_token, TestSfu};
 use support::tone::longest_tone_run;
 use tokio::sync::mpsc::Receiver;
+
+/// Tests of this file run one at a time: each runs real-time audio for several clients, and
+/// running them side by side on a 2-core machine makes packets late for reasons of the test
+/// machine, not of the client.
+static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// 5 s of 20 ms frames.
 const FIVE_SECONDS: usize = 250;
@@ -104,6 +109,7 @@ fn assert_clean_audio_from(party: &Party, identity: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_clients_hear_each_other_and_see_the_leave() {
+    let _serial = SERIAL.lock().await;
     let sfu = TestSfu::start(true);
     let mut alice = join(&sfu, "@alice:example.org:ALICEDEV", "door", 440.0).await;
     let bob = join(&sfu, "@bob:example.org:BOBDEV", "door", 1000.0).await;
@@ -146,6 +152,7 @@ async fn two_clients_hear_each_other_and_see_the_leave() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deleting_the_room_ends_the_call_with_room_deleted() {
+    let _serial = SERIAL.lock().await;
     let sfu = TestSfu::start(true);
     let mut carol = join(&sfu, "@carol:example.org:CAROLDEV", "doomed", 440.0).await;
     // Wait until media flows so the room is fully set up.
@@ -175,6 +182,7 @@ async fn deleting_the_room_ends_the_call_with_room_deleted() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_forged_token_is_refused_with_a_signalling_error() {
+    let _serial = SERIAL.lock().await;
     let sfu = TestSfu::start(true);
     let forged = Secret::new("eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJ4In0.c2lnbmF0dXJl");
     let result = connect(
@@ -234,6 +242,7 @@ async fn wait_heard_after(party: &Party, from: usize, freq: f64, frames: usize, 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lost_signalling_is_resumed_and_audio_continues() {
+    let _serial = SERIAL.lock().await;
     let sfu = TestSfu::start(true);
     let proxy = TcpProxy::start(sfu.http).await;
     let mut alice = join_via(
@@ -273,6 +282,7 @@ async fn lost_signalling_is_resumed_and_audio_continues() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn refused_resume_falls_back_to_a_full_rejoin() {
+    let _serial = SERIAL.lock().await;
     // Alice is alone on the first SFU; the link drops and her resume reaches a second SFU
     // that does not know her (as after a server restart): STATE_MISMATCH → full rejoin.
     let first = TestSfu::start(true);
@@ -312,4 +322,70 @@ async fn refused_resume_falls_back_to_a_full_rejoin() {
     wait_heard_after(&bob, 0, 440.0, 100, Duration::from_secs(20)).await;
     alice.call.leave().await;
     bob.call.leave().await;
+}
+
+async fn join_e2ee(sfu: &TestSfu, identity: &str, tone_hz: f64, keys: E2eeKeys) -> Party {
+    let sink = RecordingSink::new();
+    let heard = sink.recording();
+    let opts = ConnectOptions {
+        e2ee: Some(keys),
+        ..loopback_only()
+    };
+    let (call, events) = connect(
+        &sfu.ws_url(),
+        &join_token(identity, "secret"),
+        opts,
+        Box::new(ToneSource::new(tone_hz, 8000)),
+        Box::new(sink),
+    )
+    .await
+    .expect("joined");
+    Party {
+        call,
+        events,
+        heard,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn encrypted_media_is_heard_only_with_the_senders_key() {
+    let _serial = SERIAL.lock().await;
+    const ALICE: &str = "@alice:example.org:ALICEDEV";
+    const BOB: &str = "@bob:example.org:BOBDEV";
+    const EVE: &str = "@eve:example.org:EVEDEV";
+    let (alice_key, bob_key) = (*b"alice-media-key!", *b"bob-media-key-16");
+    let alice_keys = E2eeKeys::new();
+    alice_keys.set_local_key(0, &alice_key);
+    alice_keys.set_remote_key(BOB, 0, &bob_key);
+    let bob_keys = E2eeKeys::new();
+    bob_keys.set_local_key(0, &bob_key);
+    bob_keys.set_remote_key(ALICE, 0, &alice_key);
+    // Eve has bob's key only.
+    let eve_keys = E2eeKeys::new();
+    eve_keys.set_local_key(0, b"eve-media-key-16");
+    eve_keys.set_remote_key(BOB, 0, &bob_key);
+
+    let sfu = TestSfu::start(true);
+    let alice = join_e2ee(&sfu, ALICE, 440.0, alice_keys).await;
+    let bob = join_e2ee(&sfu, BOB, 1000.0, bob_keys).await;
+    let eve = join_e2ee(&sfu, EVE, 700.0, eve_keys).await;
+
+    wait_heard(&alice, 1000.0, Duration::from_secs(40)).await;
+    wait_heard(&bob, 440.0, Duration::from_secs(20)).await;
+    wait_heard(&eve, 1000.0, Duration::from_secs(20)).await;
+    assert_clean_audio_from(&alice, BOB);
+    assert_clean_audio_from(&bob, ALICE);
+    // Eve receives alice's packets but cannot decrypt them: never a trace of 440 Hz.
+    assert_eq!(longest_tone_run(&eve.heard.lock().unwrap(), 440.0), 0);
+    let stats = eve.call.stats();
+    let from_alice = stats
+        .tracks
+        .iter()
+        .find(|t| t.identity.as_deref() == Some(ALICE))
+        .expect("eve subscribed to alice");
+    assert!(from_alice.stats.undecryptable > 100, "{stats:?}");
+    assert_eq!(from_alice.stats.decode.frames_decoded, 0, "{stats:?}");
+    for p in [alice, bob, eve] {
+        p.call.leave().await;
+    }
 }

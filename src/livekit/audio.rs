@@ -29,6 +29,7 @@ struct RemoteTrack {
     participant_sid: String,
     playout: TrackPlayout,
     packets: u64,
+    undecryptable: u64,
 }
 
 /// Decode and playout statistics of one remote track.
@@ -38,6 +39,8 @@ pub struct TrackStats {
     pub track_sid: String,
     pub packets_received: u64,
     pub late_packets: u64,
+    /// Packets dropped because they could not be decrypted (E2EE key missing or wrong).
+    pub undecryptable: u64,
     pub decode: DecodeStats,
 }
 
@@ -63,6 +66,7 @@ impl Playback {
                         participant_sid: participant_sid.to_owned(),
                         playout,
                         packets: 0,
+                        undecryptable: 0,
                     },
                 );
             }
@@ -83,6 +87,14 @@ impl Playback {
         if let Some(t) = self.tracks.get_mut(track_sid) {
             t.packets += 1;
             t.playout.insert(seq, payload);
+        }
+    }
+
+    /// Counts a received packet that could not be decrypted (it is then concealed).
+    pub fn note_undecryptable(&mut self, track_sid: &str) {
+        if let Some(t) = self.tracks.get_mut(track_sid) {
+            t.packets += 1;
+            t.undecryptable += 1;
         }
     }
 
@@ -108,6 +120,7 @@ impl Playback {
                 track_sid: sid.clone(),
                 packets_received: t.packets,
                 late_packets: t.playout.jitter_stats().late,
+                undecryptable: t.undecryptable,
                 decode: t.playout.stats(),
             })
             .collect()

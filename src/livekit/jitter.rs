@@ -121,7 +121,9 @@ impl JitterBuffer {
                 if played - seq > MAX_JUMP {
                     self.restart();
                 } else {
+                    // Arrived after its slot: buffer a little deeper from now on.
                     self.stats.late += 1;
+                    self.target = (self.target + 1).min(self.config.max_target);
                     return;
                 }
             } else if seq - played > MAX_JUMP {
@@ -276,9 +278,11 @@ mod tests {
             assert_eq!(jb.pop(), Playout::Packet(p(seq)));
         }
         assert_eq!(jb.pop(), Playout::Fec(p(4)));
+        let target = jb.target();
         jb.insert(3, p(3));
         assert_eq!(jb.pop(), Playout::Packet(p(4)));
         assert_eq!(jb.stats().late, 1);
+        assert_eq!(jb.target(), target + 1, "lateness deepens the buffer");
     }
 
     #[test]

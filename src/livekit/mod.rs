@@ -13,6 +13,7 @@
 
 pub mod audio;
 pub mod codec;
+pub mod e2ee;
 mod identity;
 pub mod jitter;
 pub mod mixer;
@@ -34,6 +35,7 @@ use crate::pcm::{PcmSink, PcmSource};
 use crate::secret::Secret;
 
 pub use audio::TrackStats;
+pub use e2ee::E2eeKeys;
 pub use identity::split_identity;
 pub use room::{DisconnectReason, LiveKitEvent, RemoteParticipant};
 pub use sdp::IpNet;
@@ -48,6 +50,9 @@ pub struct ConnectOptions {
     pub allowed_remote_nets: Option<Vec<IpNet>>,
     /// How long the peer connections may take to come up before the call fails.
     pub media_timeout: Duration,
+    /// Media end-to-end encryption (encrypted Matrix rooms): the key ring the Matrix side
+    /// fills. `None`: media unencrypted.
+    pub e2ee: Option<E2eeKeys>,
 }
 
 impl Default for ConnectOptions {
@@ -56,6 +61,7 @@ impl Default for ConnectOptions {
             bind_ip: None,
             allowed_remote_nets: None,
             media_timeout: Duration::from_secs(15),
+            e2ee: None,
         }
     }
 }

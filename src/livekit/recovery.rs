@@ -144,6 +144,7 @@ impl Session {
         self.last_offer = None;
         self.last_answer = None;
         self.mid_tracks.clear();
+        self.sif_trailer = join.sif_trailer.clone();
         self.ice_lost_since = None;
         self.media_deadline = now + self.opts.media_timeout;
         if let Ok(mut p) = self.playback.lock() {
@@ -156,7 +157,9 @@ impl Session {
         for e in events {
             self.emit(e);
         }
-        self.client.send(add_track_request()).await;
+        self.client
+            .send(add_track_request(self.opts.e2ee.is_some()))
+            .await;
         // Reconnected follows once the microphone is negotiated again.
         Ok(())
     }

@@ -23,6 +23,7 @@ use crate::pcm::{PcmSink, PcmSource, FRAME_SAMPLES};
 use crate::secret::Secret;
 
 use super::audio::{AudioThreads, EncodedFrame, Playback};
+use super::e2ee::frame_iv;
 use super::peer::Peer;
 use super::room::{leave_decision, DisconnectReason, LeaveDecision, LiveKitEvent, Room};
 use super::sdp::{
@@ -74,7 +75,13 @@ pub(super) struct Session {
     pub(super) playback: Arc<Mutex<Playback>>,
     pub(super) counters: Arc<Counters>,
     pub(super) events: mpsc::Sender<LiveKitEvent>,
-    pub(super) mid_tracks: HashMap<Mid, String>,
+    /// Subscriber mid → (track sid, participant sid).
+    pub(super) mid_tracks: HashMap<Mid, (String, String)>,
+    /// Marks server-injected frames (not encrypted) when E2EE is on.
+    pub(super) sif_trailer: Vec<u8>,
+    /// Random per-call prefix of E2EE frame IVs.
+    pub(super) iv_prefix: u32,
+    pub(super) frames_sent: u32,
     pub(super) rtp_time: u64,
     pub(super) ice_lost_since: Option<Instant>,
     pub(super) media_deadline: Instant,
@@ -86,6 +93,14 @@ pub(super) struct Session {
     pub(super) reconnecting: bool,
 }
 
+fn random_u32() -> u32 {
+    use ring::rand::SecureRandom;
+    let mut b = [0u8; 4];
+    // On failure the prefix stays 0: IVs are still unique per call through time and counter.
+    let _ = ring::rand::SystemRandom::new().fill(&mut b);
+    u32::from_be_bytes(b)
+}
+
 pub(super) fn signal_options() -> SignalOptions {
     let mut options = SignalOptions::default();
     options.auto_subscribe = true;
@@ -94,13 +109,19 @@ pub(super) fn signal_options() -> SignalOptions {
     options
 }
 
-pub(super) fn add_track_request() -> Request {
+pub(super) fn add_track_request(encrypted: bool) -> Request {
+    let encryption = if encrypted {
+        proto::encryption::Type::Gcm
+    } else {
+        proto::encryption::Type::None
+    };
     Request::AddTrack(proto::AddTrackRequest {
         cid: MIC_CID.into(),
         name: "microphone".into(),
         r#type: proto::TrackType::Audio as i32,
         source: proto::TrackSource::Microphone as i32,
         disable_red: true,
+        encryption: encryption as i32,
         ..Default::default()
     })
 }
@@ -149,7 +170,7 @@ pub(super) async fn start(
     let playback = Arc::new(Mutex::new(Playback::default()));
     let counters = Arc::new(Counters::default());
 
-    client.send(add_track_request()).await;
+    client.send(add_track_request(opts.e2ee.is_some())).await;
 
     let (mic_tx, mic_rx) = mpsc::channel(8);
     let audio = AudioThreads::start(source, sink, mic_tx, playback.clone())?;
@@ -162,6 +183,9 @@ pub(super) async fn start(
         last_answer: None,
         published: None,
         reconnecting: false,
+        sif_trailer: join.sif_trailer.clone(),
+        iv_prefix: random_u32(),
+        frames_sent: 0,
         client,
         signal_events,
         opts,
@@ -535,9 +559,21 @@ impl Session {
             return;
         };
         let (level, voice) = frame.level;
+        let payload = match &self.opts.e2ee {
+            None => frame.opus,
+            Some(keys) => {
+                self.frames_sent = self.frames_sent.wrapping_add(1);
+                let iv = frame_iv(self.iv_prefix, rtp_time.numer() as u32, self.frames_sent);
+                // Without our key yet nothing may be sent in clear.
+                let Some(sealed) = keys.encrypt(&frame.opus, iv) else {
+                    return;
+                };
+                sealed
+            }
+        };
         match writer
             .audio_level(level, voice)
-            .write(pt, Instant::now(), rtp_time, frame.opus)
+            .write(pt, Instant::now(), rtp_time, payload)
         {
             Ok(()) => {
                 self.counters
@@ -577,12 +613,31 @@ impl Session {
                 if let Ok(mut p) = self.playback.lock() {
                     p.add_track(&track, &participant);
                 }
-                self.mid_tracks.insert(added.mid, track);
+                self.mid_tracks.insert(added.mid, (track, participant));
             }
             Event::MediaData(data) => {
-                if let Some(track) = self.mid_tracks.get(&data.mid) {
-                    if let Ok(mut p) = self.playback.lock() {
-                        p.insert(track, **data.seq_range.start(), data.data.to_vec());
+                let Some((track, participant)) = self.mid_tracks.get(&data.mid) else {
+                    return;
+                };
+                let payload = match &self.opts.e2ee {
+                    None => Ok(data.data.to_vec()),
+                    Some(keys) => {
+                        let identity = self
+                            .room
+                            .lock()
+                            .ok()
+                            .and_then(|r| r.identity_of(participant).map(str::to_owned))
+                            .unwrap_or_default();
+                        keys.decrypt(&identity, &data.data, &self.sif_trailer)
+                    }
+                };
+                if let Ok(mut p) = self.playback.lock() {
+                    match payload {
+                        Ok(payload) => p.insert(track, **data.seq_range.start(), payload),
+                        Err(e) => {
+                            tracing::debug!("undecryptable frame on {track}: {e}");
+                            p.note_undecryptable(track);
+                        }
                     }
                 }
             }
