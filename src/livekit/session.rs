@@ -1,0 +1,658 @@
+//! The task of one call: signalling messages in, peer connections driven, events out.
+//!
+//! Owns the order of the v0 two-PC flow (AddTrack → TrackPublished → publisher offer →
+//! answer; SFU offers → our answers; trickle both ways) and the call's end. Socket and codec
+//! details live in [`super::peer`] and [`super::audio`]; room bookkeeping in [`super::room`].
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use livekit_api::signal_client::{SignalClient, SignalEvent, SignalEvents, SignalOptions};
+use livekit_protocol as proto;
+use proto::signal_request::Message as Request;
+use proto::signal_response::Message as Response;
+use str0m::change::{SdpAnswer, SdpOffer, SdpPendingOffer};
+use str0m::format::Codec;
+use str0m::media::{Direction, Frequency, MediaKind, MediaTime, Mid, Pt};
+use str0m::Event;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::pcm::{PcmSink, PcmSource, FRAME_SAMPLES};
+use crate::secret::Secret;
+
+use super::audio::{AudioThreads, EncodedFrame, Playback};
+use super::e2ee::frame_iv;
+use super::peer::Peer;
+use super::room::{leave_decision, DisconnectReason, LeaveDecision, LiveKitEvent, Room};
+use super::sdp::{
+    candidate_json, first_mid, fix_rejected_mlines, parse_livekit_msid, parse_remote_candidate,
+};
+use super::{net, Command, ConnectOptions, Counters, LiveKitCall, LiveKitError};
+
+/// Client id of our one microphone track (AddTrackRequest.cid, SDP msid track id).
+pub(super) const MIC_CID: &str = "mic0";
+/// How long the ICE connection may stay lost before the call counts as failed.
+const ICE_LOSS_LIMIT: Duration = Duration::from_secs(10);
+
+pub(super) enum Publish {
+    AwaitTrack,
+    AwaitAnswer { pending: SdpPendingOffer, mid: Mid },
+    Ready { mid: Mid, pt: Pt },
+    Failed,
+}
+
+pub(super) enum End {
+    Left(Option<oneshot::Sender<()>>),
+    Server(DisconnectReason),
+    Lost(String),
+    MediaFailed(String),
+    /// Not an end: the server or a lost link asks for a resume or a rejoin.
+    Recover(Recovery),
+}
+
+/// How to get back into the room.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Recovery {
+    /// Same session: `reconnect=1&sid=`, ICE restart.
+    Resume,
+    /// New join, new participant sid, republish.
+    Rejoin,
+}
+
+pub(super) struct Session {
+    pub(super) url: String,
+    pub(super) local_ip: IpAddr,
+    pub(super) client: SignalClient,
+    pub(super) signal_events: SignalEvents,
+    pub(super) opts: ConnectOptions,
+    pub(super) publisher: Peer,
+    pub(super) subscriber: Peer,
+    pub(super) publish: Publish,
+    pub(super) offer_id: u32,
+    pub(super) room: Arc<Mutex<Room>>,
+    pub(super) playback: Arc<Mutex<Playback>>,
+    pub(super) counters: Arc<Counters>,
+    pub(super) events: mpsc::Sender<LiveKitEvent>,
+    /// Subscriber mid → (track sid, participant sid).
+    pub(super) mid_tracks: HashMap<Mid, (String, String)>,
+    /// Marks server-injected frames (not encrypted) when E2EE is on.
+    pub(super) sif_trailer: Vec<u8>,
+    /// Random per-call prefix of E2EE frame IVs.
+    pub(super) iv_prefix: u32,
+    pub(super) frames_sent: u32,
+    pub(super) rtp_time: u64,
+    pub(super) ice_lost_since: Option<Instant>,
+    pub(super) media_deadline: Instant,
+    /// Kept for SyncState on resume.
+    pub(super) last_offer: Option<proto::SessionDescription>,
+    pub(super) last_answer: Option<proto::SessionDescription>,
+    pub(super) published: Option<proto::TrackPublishedResponse>,
+    /// Between `Reconnecting` and `Reconnected`.
+    pub(super) reconnecting: bool,
+}
+
+fn random_u32() -> u32 {
+    use ring::rand::SecureRandom;
+    let mut b = [0u8; 4];
+    // On failure the prefix stays 0: IVs are still unique per call through time and counter.
+    let _ = ring::rand::SystemRandom::new().fill(&mut b);
+    u32::from_be_bytes(b)
+}
+
+pub(super) fn signal_options() -> SignalOptions {
+    let mut options = SignalOptions::default();
+    options.auto_subscribe = true;
+    options.single_peer_connection = false;
+    options.region_failover = false;
+    options
+}
+
+pub(super) fn add_track_request(encrypted: bool) -> Request {
+    let encryption = if encrypted {
+        proto::encryption::Type::Gcm
+    } else {
+        proto::encryption::Type::None
+    };
+    Request::AddTrack(proto::AddTrackRequest {
+        cid: MIC_CID.into(),
+        name: "microphone".into(),
+        r#type: proto::TrackType::Audio as i32,
+        source: proto::TrackSource::Microphone as i32,
+        disable_red: true,
+        encryption: encryption as i32,
+        ..Default::default()
+    })
+}
+
+pub(super) async fn start(
+    url: &str,
+    jwt: &Secret,
+    opts: ConnectOptions,
+    source: Box<dyn PcmSource>,
+    sink: Box<dyn PcmSink>,
+) -> Result<(LiveKitCall, mpsc::Receiver<LiveKitEvent>), LiveKitError> {
+    let bind_ip = match opts.bind_ip {
+        Some(ip) => ip,
+        None => net::route_source_ip(url).await?,
+    };
+    let (client, join, signal_events) =
+        SignalClient::connect(url, jwt.expose(), signal_options(), None)
+            .await
+            .map_err(|e| LiveKitError::Signal(e.to_string()))?;
+    let local_sid = match join.participant.as_ref() {
+        Some(p) if p.sid.starts_with("PA_") => p.sid.clone(),
+        _ => {
+            client.close().await;
+            return Err(LiveKitError::Protocol(
+                "no participant sid starting with PA_".into(),
+            ));
+        }
+    };
+    tracing::info!(
+        sid = %local_sid,
+        others = join.other_participants.len(),
+        subscriber_primary = join.subscriber_primary,
+        "joined LiveKit room"
+    );
+
+    let now = Instant::now();
+    let publisher = Peer::new(bind_ip, now)?;
+    let subscriber = Peer::new(bind_ip, now)?;
+
+    let (room, initial) = Room::from_join(&join);
+    let (events_tx, events_rx) = mpsc::channel(64);
+    for e in initial {
+        let _ = events_tx.try_send(e);
+    }
+    let room = Arc::new(Mutex::new(room));
+    let playback = Arc::new(Mutex::new(Playback::default()));
+    let counters = Arc::new(Counters::default());
+
+    client.send(add_track_request(opts.e2ee.is_some())).await;
+
+    let (mic_tx, mic_rx) = mpsc::channel(8);
+    let audio = AudioThreads::start(source, sink, mic_tx, playback.clone())?;
+    let (commands_tx, commands_rx) = mpsc::channel(4);
+    let session = Session {
+        url: url.to_owned(),
+        local_ip: bind_ip,
+        media_deadline: now + opts.media_timeout,
+        last_offer: None,
+        last_answer: None,
+        published: None,
+        reconnecting: false,
+        sif_trailer: join.sif_trailer.clone(),
+        iv_prefix: random_u32(),
+        frames_sent: 0,
+        client,
+        signal_events,
+        opts,
+        publisher,
+        subscriber,
+        publish: Publish::AwaitTrack,
+        offer_id: 0,
+        room: room.clone(),
+        playback: playback.clone(),
+        counters: counters.clone(),
+        events: events_tx,
+        mid_tracks: HashMap::new(),
+        rtp_time: 0,
+        ice_lost_since: None,
+    };
+    tokio::spawn(session.run(commands_rx, mic_rx, audio));
+    Ok((
+        LiveKitCall {
+            commands: commands_tx,
+            room,
+            playback,
+            counters,
+        },
+        events_rx,
+    ))
+}
+
+impl Session {
+    async fn run(
+        mut self,
+        mut commands: mpsc::Receiver<Command>,
+        mut mic: mpsc::Receiver<EncodedFrame>,
+        audio: AudioThreads,
+    ) {
+        let mut pub_buf = vec![0u8; 2048];
+        let mut sub_buf = vec![0u8; 2048];
+        let mut mic_open = true;
+        self.drain_peers();
+        let end = loop {
+            // Fresh handles each turn: a rejoin replaces the peers and their sockets.
+            let pub_sock = self.publisher.socket.clone();
+            let sub_sock = self.subscriber.socket.clone();
+            let wake = self.publisher.timeout().min(self.subscriber.timeout());
+            let outcome = tokio::select! {
+                cmd = commands.recv() => match cmd {
+                    Some(Command::Leave(done)) => Some(End::Left(Some(done))),
+                    None => Some(End::Left(None)),
+                },
+                ev = self.signal_events.recv() => match ev {
+                    Some(SignalEvent::Message(msg)) => self.on_signal(*msg).await,
+                    Some(SignalEvent::Close(reason)) => {
+                        tracing::warn!("LiveKit signalling lost: {reason}");
+                        Some(End::Recover(Recovery::Resume))
+                    }
+                    None => Some(End::Recover(Recovery::Resume)),
+                },
+                r = pub_sock.recv_from(&mut pub_buf) => {
+                    if let Ok((n, from)) = r {
+                        self.publisher.receive(&pub_buf[..n], from, Instant::now());
+                    }
+                    None
+                }
+                r = sub_sock.recv_from(&mut sub_buf) => {
+                    if let Ok((n, from)) = r {
+                        self.subscriber.receive(&sub_buf[..n], from, Instant::now());
+                    }
+                    None
+                }
+                frame = mic.recv(), if mic_open => {
+                    match frame {
+                        Some(f) => self.send_frame(f),
+                        None => mic_open = false,
+                    }
+                    None
+                }
+                _ = tokio::time::sleep_until(wake.into()) => None,
+            };
+            let outcome = match outcome {
+                Some(End::Recover(kind)) => self.recover(kind).await,
+                other => other,
+            };
+            if let Some(end) = outcome {
+                break end;
+            }
+            let now = Instant::now();
+            self.publisher.tick(now);
+            self.subscriber.tick(now);
+            self.drain_peers();
+            if let Some(end) = self.check_media(now) {
+                break end;
+            }
+        };
+        self.finish(end, audio).await;
+    }
+
+    pub(super) fn emit(&self, event: LiveKitEvent) {
+        if let Err(e) = self.events.try_send(event) {
+            tracing::warn!("LiveKit event dropped (receiver full or gone): {e}");
+        }
+    }
+
+    fn check_media(&mut self, now: Instant) -> Option<End> {
+        let primary = &self.subscriber;
+        if !primary.connected && !self.publisher.connected && now > self.media_deadline {
+            return Some(End::MediaFailed(format!(
+                "no peer connection came up within {:?}",
+                self.opts.media_timeout
+            )));
+        }
+        match self.ice_lost_since {
+            Some(since) if now - since > ICE_LOSS_LIMIT => Some(End::MediaFailed(format!(
+                "media connection lost for more than {ICE_LOSS_LIMIT:?}"
+            ))),
+            _ => None,
+        }
+    }
+
+    async fn finish(mut self, end: End, audio: AudioThreads) {
+        let mut done = None;
+        let event = match end {
+            End::Left(d) => {
+                done = d;
+                self.send_leave().await;
+                None
+            }
+            End::MediaFailed(why) => {
+                tracing::warn!("LiveKit media failed: {why}");
+                self.send_leave().await;
+                Some(DisconnectReason::MediaFailed(why))
+            }
+            End::Server(reason) => Some(reason),
+            End::Lost(why) => Some(DisconnectReason::SignalLost(why)),
+            End::Recover(kind) => Some(DisconnectReason::SignalLost(format!("{kind:?} failed"))),
+        };
+        self.client.close().await;
+        self.publisher.rtc.disconnect();
+        self.subscriber.rtc.disconnect();
+        let _ = tokio::task::spawn_blocking(move || audio.stop()).await;
+        if let Ok(mut p) = self.playback.lock() {
+            p.clear();
+        }
+        if let Some(reason) = event {
+            tracing::info!("LiveKit call ended: {reason:?}");
+            self.emit(LiveKitEvent::Disconnected { reason });
+        }
+        if let Some(done) = done {
+            let _ = done.send(());
+        }
+    }
+
+    async fn send_leave(&self) {
+        self.client
+            .send(Request::Leave(proto::LeaveRequest {
+                can_reconnect: false,
+                reason: proto::DisconnectReason::ClientInitiated as i32,
+                action: proto::leave_request::Action::Disconnect as i32,
+                regions: None,
+            }))
+            .await;
+    }
+
+    pub(super) async fn on_signal(&mut self, msg: Response) -> Option<End> {
+        match msg {
+            Response::Answer(sd) => return self.on_publisher_answer(sd),
+            Response::Offer(sd) => self.on_subscriber_offer(sd).await,
+            Response::Trickle(t) => self.on_trickle(&t),
+            Response::TrackPublished(tp) => return self.on_track_published(tp).await,
+            Response::Update(update) => {
+                let events = {
+                    let mut room = self.room.lock().ok()?;
+                    room.on_participant_update(&update.participants)
+                };
+                let gone = proto::participant_info::State::Disconnected as i32;
+                if let Ok(mut p) = self.playback.lock() {
+                    for info in update.participants.iter().filter(|i| i.state == gone) {
+                        p.remove_participant(&info.sid);
+                    }
+                }
+                for e in events {
+                    self.emit(e);
+                }
+            }
+            Response::SpeakersChanged(s) => {
+                let event = self.room.lock().ok()?.on_speakers_changed(&s.speakers);
+                if let Some(e) = event {
+                    self.emit(e);
+                }
+            }
+            Response::Leave(leave) => {
+                return Some(match leave_decision(&leave) {
+                    LeaveDecision::Disconnect(reason) => End::Server(reason),
+                    LeaveDecision::Resume => End::Recover(Recovery::Resume),
+                    LeaveDecision::Rejoin => End::Recover(Recovery::Rejoin),
+                });
+            }
+            Response::RequestResponse(r)
+                if r.reason != proto::request_response::Reason::Ok as i32 =>
+            {
+                tracing::warn!("LiveKit refused request {}: {}", r.request_id, r.message);
+            }
+            Response::SubscriptionResponse(r) => {
+                tracing::warn!(
+                    "LiveKit could not subscribe to {}: error {}",
+                    r.track_sid,
+                    r.err
+                );
+            }
+            Response::Join(_) | Response::Reconnect(_) => {
+                tracing::debug!("unexpected join/reconnect response mid-call, ignored");
+            }
+            _ => {}
+        }
+        None
+    }
+
+    async fn on_track_published(&mut self, tp: proto::TrackPublishedResponse) -> Option<End> {
+        if tp.cid != MIC_CID || !matches!(self.publish, Publish::AwaitTrack) {
+            return None;
+        }
+        self.published = Some(tp);
+        self.send_publisher_offer(false).await
+    }
+
+    /// Offers the microphone line (adding it first if needed), with an ICE restart if asked.
+    pub(super) async fn send_publisher_offer(&mut self, ice_restart: bool) -> Option<End> {
+        let stream_id = self
+            .published
+            .as_ref()
+            .and_then(|p| p.track.as_ref())
+            .map(|t| t.stream.clone())
+            .filter(|s| !s.is_empty())
+            .unwrap_or_else(|| "microphone".to_owned());
+        let mut api = self.publisher.rtc.sdp_api();
+        let mid = match &self.publish {
+            Publish::Ready { mid, .. } | Publish::AwaitAnswer { mid, .. } => *mid,
+            Publish::AwaitTrack | Publish::Failed => api.add_media(
+                MediaKind::Audio,
+                Direction::SendOnly,
+                Some(stream_id),
+                Some(MIC_CID.into()),
+                None,
+            ),
+        };
+        if ice_restart {
+            api.ice_restart(true);
+        }
+        let Some((offer, pending)) = api.apply() else {
+            return None; // nothing changed: the current negotiation stands
+        };
+        let sdp = offer.to_sdp_string();
+        self.offer_id += 1;
+        let description = proto::SessionDescription {
+            r#type: "offer".into(),
+            sdp: sdp.clone(),
+            id: self.offer_id,
+            ..Default::default()
+        };
+        self.last_offer = Some(description.clone());
+        self.client.send(Request::Offer(description)).await;
+        self.publish = Publish::AwaitAnswer { pending, mid };
+        let first = first_mid(&sdp).unwrap_or_else(|| mid.to_string());
+        self.trickle(proto::SignalTarget::Publisher, &first).await;
+        None
+    }
+
+    fn on_publisher_answer(&mut self, sd: proto::SessionDescription) -> Option<End> {
+        let Publish::AwaitAnswer { pending, mid } =
+            std::mem::replace(&mut self.publish, Publish::Failed)
+        else {
+            tracing::debug!("publisher answer without a pending offer, ignored");
+            return None;
+        };
+        let answer = match SdpAnswer::from_sdp_string(&sd.sdp) {
+            Ok(a) => a,
+            Err(e) => {
+                return Some(End::MediaFailed(format!(
+                    "publisher answer unparsable: {e}"
+                )))
+            }
+        };
+        if let Err(e) = self.publisher.rtc.sdp_api().accept_answer(pending, answer) {
+            return Some(End::MediaFailed(format!("publisher answer refused: {e}")));
+        }
+        let pt = self.publisher.rtc.writer(mid).and_then(|w| {
+            w.payload_params()
+                .find(|p| p.spec().codec == Codec::Opus)
+                .map(|p| p.pt())
+        });
+        match pt {
+            Some(pt) => {
+                tracing::info!(%mid, ?pt, "microphone track negotiated");
+                self.publish = Publish::Ready { mid, pt };
+                if self.reconnecting {
+                    self.reconnecting = false;
+                    self.emit(LiveKitEvent::Reconnected);
+                }
+                None
+            }
+            None => Some(End::MediaFailed(
+                "the SFU did not accept Opus for the microphone".into(),
+            )),
+        }
+    }
+
+    async fn on_subscriber_offer(&mut self, sd: proto::SessionDescription) {
+        let offer = match SdpOffer::from_sdp_string(&sd.sdp) {
+            Ok(o) => o,
+            Err(e) => {
+                tracing::warn!("subscriber offer unparsable, ignored: {e}");
+                return;
+            }
+        };
+        let answer = match self.subscriber.rtc.sdp_api().accept_offer(offer) {
+            Ok(a) => a,
+            Err(e) => {
+                tracing::warn!("subscriber offer refused: {e}");
+                return;
+            }
+        };
+        let sdp = fix_rejected_mlines(&answer.to_sdp_string(), &sd.sdp);
+        let description = proto::SessionDescription {
+            r#type: "answer".into(),
+            sdp,
+            id: sd.id,
+            ..Default::default()
+        };
+        self.last_answer = Some(description.clone());
+        self.client.send(Request::Answer(description)).await;
+        if let Some(mid) = first_mid(&sd.sdp) {
+            self.trickle(proto::SignalTarget::Subscriber, &mid).await;
+        }
+        self.drain_peers();
+    }
+
+    pub(super) async fn trickle(&self, target: proto::SignalTarget, mid: &str) {
+        let peer = match target {
+            proto::SignalTarget::Publisher => &self.publisher,
+            proto::SignalTarget::Subscriber => &self.subscriber,
+        };
+        self.client
+            .send(Request::Trickle(proto::TrickleRequest {
+                candidate_init: candidate_json(&peer.candidate, mid),
+                target: target as i32,
+                r#final: false,
+            }))
+            .await;
+    }
+
+    fn on_trickle(&mut self, t: &proto::TrickleRequest) {
+        let peer = match proto::SignalTarget::try_from(t.target) {
+            Ok(proto::SignalTarget::Publisher) => &mut self.publisher,
+            Ok(proto::SignalTarget::Subscriber) => &mut self.subscriber,
+            Err(_) => return,
+        };
+        match parse_remote_candidate(&t.candidate_init, self.opts.allowed_remote_nets.as_deref()) {
+            Ok(c) => peer.rtc.add_remote_candidate(c),
+            Err(why) => tracing::debug!("remote candidate skipped: {why}"),
+        }
+    }
+
+    fn send_frame(&mut self, frame: EncodedFrame) {
+        let rtp_time = MediaTime::new(self.rtp_time, Frequency::FORTY_EIGHT_KHZ);
+        self.rtp_time += FRAME_SAMPLES as u64;
+        let Publish::Ready { mid, pt } = self.publish else {
+            return;
+        };
+        if !self.publisher.connected {
+            return;
+        }
+        let Some(writer) = self.publisher.rtc.writer(mid) else {
+            return;
+        };
+        let (level, voice) = frame.level;
+        let payload = match &self.opts.e2ee {
+            None => frame.opus,
+            Some(keys) => {
+                self.frames_sent = self.frames_sent.wrapping_add(1);
+                let iv = frame_iv(self.iv_prefix, rtp_time.numer() as u32, self.frames_sent);
+                // Without our key yet nothing may be sent in clear.
+                let Some(sealed) = keys.encrypt(&frame.opus, iv) else {
+                    return;
+                };
+                sealed
+            }
+        };
+        match writer
+            .audio_level(level, voice)
+            .write(pt, Instant::now(), rtp_time, payload)
+        {
+            Ok(()) => {
+                self.counters
+                    .packets_sent
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            }
+            Err(e) => tracing::debug!("microphone frame not sent: {e}"),
+        }
+    }
+
+    pub(super) fn drain_peers(&mut self) {
+        let mut events = Vec::new();
+        self.publisher.drain(&mut events);
+        for e in events.drain(..) {
+            if let Event::IceConnectionStateChange(state) = e {
+                tracing::debug!(?state, "publisher ICE");
+            }
+        }
+        self.subscriber.drain(&mut events);
+        for e in events {
+            self.on_subscriber_event(e);
+        }
+    }
+
+    fn on_subscriber_event(&mut self, event: Event) {
+        match event {
+            Event::MediaAdded(added) if added.kind == MediaKind::Audio => {
+                let Some(media) = self.subscriber.rtc.media(added.mid) else {
+                    return;
+                };
+                let stream = media.stream_id().to_owned();
+                let (participant, track) = match parse_livekit_msid(&stream) {
+                    Some((p, t)) => (p.to_owned(), t.to_owned()),
+                    None => (String::new(), media.track_id().to_owned()),
+                };
+                tracing::info!(mid = %added.mid, %participant, %track, "remote audio track");
+                if let Ok(mut p) = self.playback.lock() {
+                    p.add_track(&track, &participant);
+                }
+                self.mid_tracks.insert(added.mid, (track, participant));
+            }
+            Event::MediaData(data) => {
+                let Some((track, participant)) = self.mid_tracks.get(&data.mid) else {
+                    return;
+                };
+                let payload = match &self.opts.e2ee {
+                    None => Ok(data.data.to_vec()),
+                    Some(keys) => {
+                        let identity = self
+                            .room
+                            .lock()
+                            .ok()
+                            .and_then(|r| r.identity_of(participant).map(str::to_owned))
+                            .unwrap_or_default();
+                        keys.decrypt(&identity, &data.data, &self.sif_trailer)
+                    }
+                };
+                if let Ok(mut p) = self.playback.lock() {
+                    match payload {
+                        Ok(payload) => p.insert(track, **data.seq_range.start(), payload),
+                        Err(e) => {
+                            tracing::debug!("undecryptable frame on {track}: {e}");
+                            p.note_undecryptable(track);
+                        }
+                    }
+                }
+            }
+            Event::IceConnectionStateChange(state) => {
+                use str0m::IceConnectionState as S;
+                tracing::debug!(?state, "subscriber ICE");
+                match state {
+                    S::Disconnected => {
+                        self.ice_lost_since.get_or_insert_with(Instant::now);
+                    }
+                    S::Connected | S::Completed => self.ice_lost_since = None,
+                    _ => {}
+                }
+            }
+            _ => {}
+        }
+    }
+}

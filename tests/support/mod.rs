@@ -1,0 +1,8 @@
+//! Test support shared by integration tests: PCM ends backed by tone generators and raw
+//! files, and a Goertzel tone detector. Include with `mod support;`.
+#![allow(dead_code)]
+
+pub mod pcm;
+pub mod proxy;
+pub mod sfu;
+pub mod tone;
