@@ -5,7 +5,9 @@
 mod audio_support;
 
 use audio_support::*;
-use matrix_intercom::audio::{list_devices, AudioEngine, DeviceStatus, EngineOptions, UPLINK_FRAMES};
+use matrix_intercom::audio::{
+    list_devices, AudioEngine, DeviceStatus, EngineOptions, UPLINK_FRAMES,
+};
 use matrix_intercom::config::AudioConfig;
 use matrix_intercom::pcm::FRAME_SAMPLES;
 
@@ -79,14 +81,23 @@ fn read_frames(src: &mut dyn matrix_intercom::pcm::PcmSource, n: usize) -> Vec<i
 fn a_1khz_tone_on_the_microphone_reaches_the_call_at_1khz_and_its_level() {
     setup("mic.s16le", 5.0);
     let engine = AudioEngine::start_with_options(&config("test_mic", 0), paced()).unwrap();
-    assert!(engine.wait_open(std::time::Duration::from_secs(10)), "{:?}", engine.stats());
-    let DeviceStatus::Open(g) = engine.stats().capture else { panic!() };
+    assert!(
+        engine.wait_open(std::time::Duration::from_secs(10)),
+        "{:?}",
+        engine.stats()
+    );
+    let DeviceStatus::Open(g) = engine.stats().capture else {
+        panic!()
+    };
     assert_eq!((g.rate, g.channels), (48_000, 1), "granted {g:?}");
     let mut src = engine.source();
     let x = read_frames(src.as_mut(), 50);
     let x = &x[FRAME_SAMPLES * 5..];
     let at_1k = goertzel(x, 1000.0);
-    assert!((db(at_1k / AMP)).abs() < 0.5, "1 kHz amplitude {at_1k}, expected {AMP}");
+    assert!(
+        (db(at_1k / AMP)).abs() < 0.5,
+        "1 kHz amplitude {at_1k}, expected {AMP}"
+    );
     for f in [500.0, 1500.0, 3000.0] {
         assert!(goertzel(x, f) < AMP / 100.0, "energy at {f} Hz");
     }
@@ -128,6 +139,9 @@ fn a_stalled_reader_loses_old_frames_counted_and_the_stream_goes_on() {
 fn list_devices_shows_configured_pcms_with_their_description() {
     alsa_config(PCMS);
     let list = list_devices().unwrap();
-    let mic = list.iter().find(|d| d.name == "test_mic").expect("test_mic listed");
+    let mic = list
+        .iter()
+        .find(|d| d.name == "test_mic")
+        .expect("test_mic listed");
     assert_eq!(mic.description, "test microphone");
 }
