@@ -11,6 +11,7 @@
 use super::device::{Capture, DeviceError, Granted, Io, Playback};
 use super::dsp::{VoiceProcessor, VoiceSettings};
 use super::queue::{FrameQueue, Pop};
+use super::reference::Reference;
 use super::sounds::{SoundBank, SoundPlayer};
 use crate::config::AudioConfig;
 use crate::machine::Sound;
@@ -24,8 +25,6 @@ use std::time::{Duration, Instant};
 pub const UPLINK_FRAMES: usize = 10;
 /// Frames buffered from the call to the speaker (120 ms of jitter room).
 pub const DOWNLINK_FRAMES: usize = 6;
-/// Far-end reference frames the capture side may lag behind the playback side.
-const REFERENCE_BACKLOG: usize = 2;
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
 
@@ -73,6 +72,8 @@ pub struct AudioStats {
     pub downlink_underruns: u64,
     pub capture_reopens: u64,
     pub playback_reopens: u64,
+    /// Times the echo canceller's far-end reference was realigned.
+    pub reference_resyncs: u64,
 }
 
 #[derive(Default)]
@@ -98,7 +99,7 @@ struct Shared {
     stop_cond: Condvar,
     uplink: Mutex<Option<Arc<FrameQueue>>>,
     downlink: Mutex<Option<Arc<FrameQueue>>>,
-    reference: FrameQueue,
+    reference: Mutex<Reference>,
     sound_cmd: Mutex<Option<SoundCmd>>,
     capture_status: Mutex<DeviceStatus>,
     playback_status: Mutex<DeviceStatus>,
@@ -158,7 +159,7 @@ impl AudioEngine {
             stop_cond: Condvar::new(),
             uplink: Mutex::new(None),
             downlink: Mutex::new(None),
-            reference: FrameQueue::new(REFERENCE_BACKLOG * 4),
+            reference: Mutex::new(Reference::default()),
             sound_cmd: Mutex::new(None),
             capture_status: Mutex::new(DeviceStatus::Opening),
             playback_status: Mutex::new(DeviceStatus::Opening),
@@ -242,6 +243,7 @@ impl AudioEngine {
             downlink_underruns: n.downlink_underruns.load(Ordering::Relaxed),
             capture_reopens: n.capture_reopens.load(Ordering::Relaxed),
             playback_reopens: n.playback_reopens.load(Ordering::Relaxed),
+            reference_resyncs: lock(&self.shared.reference).resyncs(),
         }
     }
 
@@ -424,7 +426,7 @@ fn capture_thread(shared: &Shared, name: &str, mut voice: VoiceProcessor, pace: 
             None => {
                 let mut idle = || {
                     pacer.wait();
-                    shared.reference.trim_to(0);
+                    lock(&shared.reference).clear();
                     deliver(&silence);
                 };
                 let Some(d) = open_with_retry(
@@ -437,6 +439,7 @@ fn capture_thread(shared: &Shared, name: &str, mut voice: VoiceProcessor, pace: 
                     break;
                 };
                 voice.reset_echo();
+                lock(&shared.reference).clear();
                 counted_xruns = 0;
                 dev.insert(d)
             }
@@ -467,8 +470,7 @@ fn capture_thread(shared: &Shared, name: &str, mut voice: VoiceProcessor, pace: 
         }
         shared.n.captured.fetch_add(1, Ordering::Relaxed);
         let active = lock(&shared.uplink).clone();
-        shared.reference.trim_to(REFERENCE_BACKLOG);
-        let far = shared.reference.try_pop();
+        let far = lock(&shared.reference).take();
         let Some(q) = active else { continue };
         voice.process(&mut mic, far.as_deref().unwrap_or(&silence));
         q.push(mic.as_slice().into());
@@ -544,6 +546,6 @@ fn playback_thread(shared: &Shared, name: &str, bank: SoundBank, volume: f32, pa
             continue;
         }
         shared.n.played.fetch_add(1, Ordering::Relaxed);
-        shared.reference.push(out.as_slice().into());
+        lock(&shared.reference).push(out.as_slice().into());
     }
 }

@@ -11,6 +11,7 @@ mod device;
 mod dsp;
 mod engine;
 mod queue;
+mod reference;
 mod sounds;
 mod speex;
 
