@@ -78,7 +78,7 @@ fn echo_through_a_room_is_attenuated_by_20_db_by_the_engine() {
     let (spk, mic) = (dir.join("spk.fifo"), dir.join("mic.fifo"));
     mkfifo(&spk);
     mkfifo(&mic);
-    // The room: 50 ms at -8 dB plus reverb taps to 100 ms; records the echo it sends.
+    // The room: 70 ms at -8 dB plus reverb taps to 120 ms; records the echo it sends.
     let echo_sent = Arc::new(Mutex::new(Vec::<i16>::new()));
     let room = {
         let echo_sent = echo_sent.clone();
@@ -94,7 +94,7 @@ fn echo_through_a_room_is_attenuated_by_20_db_by_the_engine() {
                 (3260, -0.05),
                 (4800, 0.02),
             ];
-            let mut history = vec![0i16; 5000];
+            let mut history = vec![0i16; 6000];
             let mut buf = vec![0u8; 3840];
             loop {
                 let n = match from_spk.read(&mut buf) {
@@ -111,7 +111,7 @@ fn echo_through_a_room_is_attenuated_by_20_db_by_the_engine() {
                         .sum();
                     out.push(e.round() as i16);
                 }
-                let keep = history.len() - 5000;
+                let keep = history.len() - 6000;
                 history.drain(..keep);
                 echo_sent.lock().unwrap().extend_from_slice(&out);
                 let bytes: Vec<u8> = out.iter().flat_map(|s| s.to_le_bytes()).collect();

@@ -25,6 +25,8 @@ use std::time::{Duration, Instant};
 pub const UPLINK_FRAMES: usize = 10;
 /// Frames buffered from the call to the speaker (120 ms of jitter room).
 pub const DOWNLINK_FRAMES: usize = 6;
+/// Longest wait of the capture side for the far-end frame it pairs with.
+const REFERENCE_WAIT: Duration = Duration::from_millis(15);
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
 
@@ -100,6 +102,7 @@ struct Shared {
     uplink: Mutex<Option<Arc<FrameQueue>>>,
     downlink: Mutex<Option<Arc<FrameQueue>>>,
     reference: Mutex<Reference>,
+    reference_pushed: Condvar,
     sound_cmd: Mutex<Option<SoundCmd>>,
     capture_status: Mutex<DeviceStatus>,
     playback_status: Mutex<DeviceStatus>,
@@ -160,6 +163,7 @@ impl AudioEngine {
             uplink: Mutex::new(None),
             downlink: Mutex::new(None),
             reference: Mutex::new(Reference::default()),
+            reference_pushed: Condvar::new(),
             sound_cmd: Mutex::new(None),
             capture_status: Mutex::new(DeviceStatus::Opening),
             playback_status: Mutex::new(DeviceStatus::Opening),
@@ -470,7 +474,19 @@ fn capture_thread(shared: &Shared, name: &str, mut voice: VoiceProcessor, pace: 
         }
         shared.n.captured.fetch_add(1, Ordering::Relaxed);
         let active = lock(&shared.uplink).clone();
-        let far = lock(&shared.reference).take();
+        let far = {
+            // Playback may be a moment late with the frame this one pairs with: wait a little.
+            let deadline = Instant::now() + REFERENCE_WAIT;
+            let mut r = lock(&shared.reference);
+            while r.next_is_due() && Instant::now() < deadline {
+                r = shared
+                    .reference_pushed
+                    .wait_timeout(r, deadline.saturating_duration_since(Instant::now()))
+                    .unwrap_or_else(|p| p.into_inner())
+                    .0;
+            }
+            r.take()
+        };
         let Some(q) = active else { continue };
         voice.process(&mut mic, far.as_deref().unwrap_or(&silence));
         q.push(mic.as_slice().into());
@@ -547,5 +563,6 @@ fn playback_thread(shared: &Shared, name: &str, bank: SoundBank, volume: f32, pa
         }
         shared.n.played.fetch_add(1, Ordering::Relaxed);
         lock(&shared.reference).push(out.as_slice().into());
+        shared.reference_pushed.notify_all();
     }
 }

@@ -68,6 +68,15 @@ impl Reference {
         self.frames.get((want - oldest) as usize).cloned()
     }
 
+    /// True when the next microphone frame's reference is the very next frame to be played:
+    /// the capture side may wait briefly for it instead of using silence.
+    pub fn next_is_due(&self) -> bool {
+        match self.offset {
+            Some(off) => !self.frames.is_empty() && self.taken as i64 + off == self.pushed as i64,
+            None => false,
+        }
+    }
+
     /// Forgets the pairing (the capture device was reopened or is away).
     pub fn clear(&mut self) {
         self.frames.clear();
@@ -95,6 +104,7 @@ mod tests {
         r.push(f(1));
         assert_eq!(r.take().unwrap()[0], 0); // mic 0 ↔ played 0 (one before the newest)
         assert_eq!(r.take().unwrap()[0], 1);
+        assert!(r.next_is_due());
         assert!(r.take().is_none()); // mic 2: played 2 not there yet → silence
         r.push(f(2));
         r.push(f(3));
