@@ -29,6 +29,17 @@ enum Cmd {
     CheckConfig,
     /// Print the fully commented default config.
     PrintDefaultConfig,
+    /// Log in once with the device account's password (read from stdin, or [matrix] password)
+    /// and store the session in the state directory.
+    Login {
+        /// Read the password from standard input (one line).
+        #[arg(long)]
+        password_stdin: bool,
+    },
+    /// Revoke the stored session and delete it.
+    Logout,
+    /// List ALSA devices usable for [audio] capture/playback (like `aplay -L`).
+    ListAudio,
     /// Talk to the running daemon over its control socket.
     Ctl {
         #[command(subcommand)]
@@ -58,6 +69,9 @@ fn main() -> ExitCode {
         }
         Cmd::CheckConfig => check_config(&cli.config),
         Cmd::Ctl { action, socket } => ctl(&cli.config, socket, action),
+        Cmd::ListAudio => list_audio(),
+        Cmd::Login { password_stdin } => report(account(&cli.config, Some(password_stdin))),
+        Cmd::Logout => report(account(&cli.config, None)),
         Cmd::Run => match run(&cli.config) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
@@ -66,6 +80,73 @@ fn main() -> ExitCode {
             }
         },
     }
+}
+
+fn report(result: anyhow::Result<()>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("matrix-intercom: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn list_audio() -> ExitCode {
+    match matrix_intercom::audio::list_devices() {
+        Ok(devices) => {
+            for d in devices {
+                let dir = match d.direction {
+                    Some(dir) => format!(" ({dir:?} only)"),
+                    None => String::new(),
+                };
+                println!("{}{dir}\n    {}", d.name, d.description.replace('\n', "\n    "));
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("matrix-intercom: cannot list ALSA devices: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `login` (with `Some(read_stdin)`) or `logout` (`None`).
+fn account(path: &std::path::Path, login: Option<bool>) -> anyhow::Result<()> {
+    let loaded = Config::load(path).map_err(|e| anyhow::anyhow!("{e}"))?;
+    matrix_intercom::logging::init(&loaded.config.log.level);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let cfg = loaded.config;
+    match login {
+        Some(from_stdin) => {
+            let password = if from_stdin {
+                let mut line = String::new();
+                std::io::stdin().read_line(&mut line)?;
+                line.trim_end_matches(['\r', '\n']).to_owned()
+            } else {
+                cfg.matrix.password.clone().context(
+                    "no password: pass --password-stdin or set [matrix] password for the first login",
+                )?
+            };
+            let session = rt.block_on(matrix_intercom::matrix::login_interactive(&cfg, &password))?;
+            println!(
+                "logged in as {} (device {}); session stored in {}",
+                session.user_id,
+                session.device_id,
+                cfg.matrix.state_dir.display()
+            );
+            if cfg.matrix.password.is_some() {
+                println!("now remove [matrix] password from {}", path.display());
+            }
+        }
+        None => {
+            rt.block_on(matrix_intercom::matrix::logout(&cfg))?;
+            println!("logged out; session deleted");
+        }
+    }
+    Ok(())
 }
 
 fn check_config(path: &std::path::Path) -> ExitCode {

@@ -4,9 +4,15 @@
 //! [`Event`]s for the [`CallMachine`] and carries out the [`Action`]s it returns. Decides nothing
 //! itself.
 
+mod call;
 mod presence;
 
+use crate::audio::AudioEngine;
 use crate::config::{CallConfig, Config, LoadedConfig};
+use crate::matrix::MatrixSide;
+use call::{CallDriver, Report};
+use presence::Presence;
+use std::sync::Arc;
 use crate::control::{ControlServer, Request, Status};
 use crate::gpio;
 use crate::machine::{Action, CallMachine, Event, LedPattern, MachineStatus, Timings};
@@ -89,6 +95,45 @@ fn start_button(cfg: &Config) -> anyhow::Result<mpsc::Receiver<()>> {
     Ok(rx)
 }
 
+/// Logs in (or restores the session) and starts syncing, retrying with backoff until it
+/// works; then forwards Matrix events as reports and hands the client over.
+async fn start_matrix(
+    cfg: Config,
+    reports: mpsc::Sender<Report>,
+    ready: tokio::sync::oneshot::Sender<Arc<MatrixSide>>,
+) {
+    let allowed = cfg
+        .relay
+        .as_ref()
+        .map(|r| r.allowed_users.clone())
+        .unwrap_or_default();
+    let mut delay = Duration::from_secs(1);
+    let (side, mut events) = loop {
+        match MatrixSide::start(&cfg).await {
+            Ok(started) => break started,
+            Err(e) => {
+                tracing::error!("Matrix: {e}; retrying in {} s", delay.as_secs());
+                let _ = reports
+                    .send(Report::Machine(Event::Failed {
+                        reason: format!("Matrix: {e}"),
+                    }))
+                    .await;
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(60));
+            }
+        }
+    };
+    tracing::info!(user = %side.user_id(), device = %side.device_id(), room = %side.room_id(), "connected to the homeserver");
+    let _ = ready.send(Arc::new(side));
+    while let Some(ev) = events.recv().await {
+        if let Some(report) = call::matrix_report(ev, &allowed) {
+            if reports.send(report).await.is_err() {
+                return;
+            }
+        }
+    }
+}
+
 /// Runs until SIGTERM/SIGINT (leaving any call first).
 pub async fn run(loaded: LoadedConfig) -> anyhow::Result<()> {
     let cfg = loaded.config;
@@ -107,7 +152,12 @@ pub async fn run(loaded: LoadedConfig) -> anyhow::Result<()> {
     let _control = ControlServer::bind(&cfg.control.socket, req_tx, status_rx).await?;
     let mut presses = start_button(&cfg)?;
     let outputs = Outputs::open(&cfg);
-    let (_event_tx, mut event_rx) = mpsc::channel::<Event>(64);
+    let audio = Arc::new(AudioEngine::start(&cfg.audio)?);
+    let (reports_tx, mut reports) = mpsc::channel::<Report>(64);
+    let (matrix_tx, mut matrix_ready) = tokio::sync::oneshot::channel();
+    tokio::spawn(start_matrix(cfg.clone(), reports_tx.clone(), matrix_tx));
+    let mut driver: Option<CallDriver> = None;
+    let mut presence = Presence::default();
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut watchdog = crate::systemd::watchdog_interval().map(tokio::time::interval);
@@ -128,7 +178,22 @@ pub async fn run(loaded: LoadedConfig) -> anyhow::Result<()> {
                 }
             }
             Some(()) = presses.recv() => Event::ButtonPressed,
-            Some(event) = event_rx.recv() => event,
+            Ok(matrix) = &mut matrix_ready, if driver.is_none() => {
+                driver = Some(CallDriver::new(
+                    matrix,
+                    audio.clone(),
+                    crate::livekit::ConnectOptions::default(),
+                    reports_tx.clone(),
+                ));
+                continue;
+            }
+            Some(report) = reports.recv() => match report {
+                Report::Machine(event) => event,
+                device => match call::presence_event(&mut presence, &device) {
+                    Some(event) => event,
+                    None => continue,
+                },
+            },
             _ = async {
                 match deadline {
                     Some((_, at)) => tokio::time::sleep_until(at.into()).await,
@@ -149,6 +214,9 @@ pub async fn run(loaded: LoadedConfig) -> anyhow::Result<()> {
         if event == Event::Shutdown {
             crate::systemd::notify("STOPPING=1");
         }
+        if event == Event::Left {
+            presence.clear();
+        }
         let before = machine.state();
         for action in machine.handle(Instant::now(), event) {
             tracing::debug!(?action, "action");
@@ -165,11 +233,26 @@ pub async fn run(loaded: LoadedConfig) -> anyhow::Result<()> {
                         let _ = relay.try_send(());
                     }
                 }
+                Action::Join => match driver.as_mut() {
+                    Some(d) => d.join(),
+                    None => {
+                        let _ = reports_tx.try_send(Report::Machine(Event::Failed {
+                            reason: "not connected to the homeserver yet".into(),
+                        }));
+                    }
+                },
+                Action::Leave => match driver.as_mut() {
+                    Some(d) => d.leave(),
+                    None => {
+                        let _ = reports_tx.try_send(Report::Machine(Event::Left));
+                    }
+                },
+                Action::PlaySound(sound) => audio.play(sound),
+                Action::StopSound => audio.stop_sound(),
                 Action::Exit => {
                     tracing::info!("stopped");
                     return Ok(());
                 }
-                other => tracing::info!(action = ?other, "no driver for this action yet"),
             }
         }
         let status = machine.status();
