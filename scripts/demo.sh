@@ -58,6 +58,7 @@ enabled = false
 [audio]
 capture = "demo_mic"
 playback = "demo_speaker"
+wall_clock = true
 
 [call]
 ring_timeout_s = 30
@@ -89,7 +90,7 @@ pcm.demo_speaker { type file; slave.pcm null; file "$demo/heard.wav"; format wav
 EOF2
     export XDG_CONFIG_HOME=$demo/xdg
 else
-    sed -i 's/^capture = .*/capture = "default"/; s/^playback = .*/playback = "default"/' "$demo/config.toml"
+    sed -i 's/^capture = .*/capture = "default"/; s/^playback = .*/playback = "default"/; s/^wall_clock = .*/wall_clock = false/' "$demo/config.toml"
 fi
 
 "$bin/matrix-intercom" check-config --config "$demo/config.toml"

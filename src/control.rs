@@ -55,6 +55,8 @@ impl Command {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Status {
     pub state: String,
+    /// Logged in and syncing with the homeserver.
+    pub connected: bool,
     pub room: String,
     pub participants: Vec<String>,
     pub last_error: Option<String>,

@@ -100,7 +100,11 @@ fn list_audio() -> ExitCode {
                     Some(dir) => format!(" ({dir:?} only)"),
                     None => String::new(),
                 };
-                println!("{}{dir}\n    {}", d.name, d.description.replace('\n', "\n    "));
+                println!(
+                    "{}{dir}\n    {}",
+                    d.name,
+                    d.description.replace('\n', "\n    ")
+                );
             }
             ExitCode::SUCCESS
         }
@@ -130,7 +134,8 @@ fn account(path: &std::path::Path, login: Option<bool>) -> anyhow::Result<()> {
                     "no password: pass --password-stdin or set [matrix] password for the first login",
                 )?
             };
-            let session = rt.block_on(matrix_intercom::matrix::login_interactive(&cfg, &password))?;
+            let session =
+                rt.block_on(matrix_intercom::matrix::login_interactive(&cfg, &password))?;
             println!(
                 "logged in as {} (device {}); session stored in {}",
                 session.user_id,

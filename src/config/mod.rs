@@ -159,6 +159,9 @@ pub struct AudioConfig {
     pub noise_suppression: bool,
     #[serde(default = "yes")]
     pub auto_gain: bool,
+    /// Pace audio by the wall clock: for alsa-lib `file`/`null` devices, which have no clock.
+    #[serde(default)]
+    pub wall_clock: bool,
     #[serde(default)]
     pub sounds: SoundsConfig,
 }
@@ -173,6 +176,7 @@ impl Default for AudioConfig {
             echo_cancellation: true,
             noise_suppression: true,
             auto_gain: true,
+            wall_clock: false,
             sounds: SoundsConfig::default(),
         }
     }

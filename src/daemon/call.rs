@@ -90,7 +90,9 @@ impl CallDriver {
                     let _ = reports.send(Report::Machine(Event::Joined)).await;
                     let me = (matrix.user_id().to_owned(), matrix.device_id().to_owned());
                     for m in matrix.members() {
-                        if (m.user_id.as_str(), m.device_id.as_str()) != (me.0.as_str(), me.1.as_str()) {
+                        if (m.user_id.as_str(), m.device_id.as_str())
+                            != (me.0.as_str(), me.1.as_str())
+                        {
                             let _ = reports
                                 .send(Report::Device {
                                     user: m.user_id,
@@ -118,7 +120,8 @@ impl CallDriver {
             task.abort();
         }
         *self.generation.lock().unwrap_or_else(|p| p.into_inner()) += 1;
-        let (matrix, reports, call) = (self.matrix.clone(), self.reports.clone(), self.call.clone());
+        let (matrix, reports, call) =
+            (self.matrix.clone(), self.reports.clone(), self.call.clone());
         tokio::spawn(async move {
             if let Some(lk) = call.lock().await.take() {
                 lk.leave().await;
@@ -150,7 +153,8 @@ async fn forward_livekit(
             return;
         }
         let report = match ev {
-            LiveKitEvent::ParticipantJoined { identity } | LiveKitEvent::ParticipantLeft { identity }
+            LiveKitEvent::ParticipantJoined { identity }
+            | LiveKitEvent::ParticipantLeft { identity }
                 if livekit::split_identity(&identity).is_none() =>
             {
                 tracing::debug!(%identity, "participant without a Matrix identity ignored");
@@ -164,7 +168,9 @@ async fn forward_livekit(
             LiveKitEvent::Disconnected { reason } => {
                 tracing::info!(?reason, "LiveKit call over");
                 Report::Machine(match reason {
-                    DisconnectReason::RoomDeleted | DisconnectReason::RoomClosed => Event::CallEnded,
+                    DisconnectReason::RoomDeleted | DisconnectReason::RoomClosed => {
+                        Event::CallEnded
+                    }
                     other => Event::Failed {
                         reason: format!("media connection ended: {other:?}"),
                     },
@@ -221,7 +227,13 @@ pub fn matrix_report(ev: MatrixEvent, allowed_door_users: &[String]) -> Option<R
 
 /// Applies a device report to the presence book; the machine event to send, if any.
 pub fn presence_event(presence: &mut Presence, r: &Report) -> Option<Event> {
-    let Report::Device { user, device, source, present } = r else {
+    let Report::Device {
+        user,
+        device,
+        source,
+        present,
+    } = r
+    else {
         return None;
     };
     let change = if *present {

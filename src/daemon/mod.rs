@@ -9,13 +9,13 @@ mod presence;
 
 use crate::audio::AudioEngine;
 use crate::config::{CallConfig, Config, LoadedConfig};
+use crate::control::{ControlServer, Request, Status};
+use crate::gpio;
+use crate::machine::{Action, CallMachine, Event, LedPattern, MachineStatus, Timings};
 use crate::matrix::MatrixSide;
 use call::{CallDriver, Report};
 use presence::Presence;
 use std::sync::Arc;
-use crate::control::{ControlServer, Request, Status};
-use crate::gpio;
-use crate::machine::{Action, CallMachine, Event, LedPattern, MachineStatus, Timings};
 use std::time::{Duration, Instant};
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::{mpsc, watch};
@@ -139,20 +139,27 @@ pub async fn run(loaded: LoadedConfig) -> anyhow::Result<()> {
     let cfg = loaded.config;
     let started = Instant::now();
     let mut machine = CallMachine::new(timings(&cfg.call));
-    let status_of = |m: &MachineStatus| Status {
+    let status_of = |m: &MachineStatus, connected: bool| Status {
         state: state_name(m),
+        connected: connected && !m.network_lost,
         room: cfg.matrix.room.clone(),
         participants: m.members.clone(),
         last_error: m.last_error.clone(),
         uptime_s: started.elapsed().as_secs(),
         call_duration_s: m.call_started_at.map(|t| t.elapsed().as_secs()),
     };
-    let (status_tx, status_rx) = watch::channel(status_of(&machine.status()));
+    let (status_tx, status_rx) = watch::channel(status_of(&machine.status(), false));
     let (req_tx, mut req_rx) = mpsc::channel(8);
     let _control = ControlServer::bind(&cfg.control.socket, req_tx, status_rx).await?;
     let mut presses = start_button(&cfg)?;
     let outputs = Outputs::open(&cfg);
-    let audio = Arc::new(AudioEngine::start(&cfg.audio)?);
+    let audio = Arc::new(AudioEngine::start_with_options(
+        &cfg.audio,
+        crate::audio::EngineOptions {
+            pace_capture: cfg.audio.wall_clock,
+            pace_playback: cfg.audio.wall_clock,
+        },
+    )?);
     let (reports_tx, mut reports) = mpsc::channel::<Report>(64);
     let (matrix_tx, mut matrix_ready) = tokio::sync::oneshot::channel();
     tokio::spawn(start_matrix(cfg.clone(), reports_tx.clone(), matrix_tx));
@@ -161,7 +168,10 @@ pub async fn run(loaded: LoadedConfig) -> anyhow::Result<()> {
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut watchdog = crate::systemd::watchdog_interval().map(tokio::time::interval);
-    crate::systemd::notify(&format!("READY=1\nSTATUS={}", state_name(&machine.status())));
+    crate::systemd::notify(&format!(
+        "READY=1\nSTATUS={}",
+        state_name(&machine.status())
+    ));
     tracing::info!(
         room = %cfg.matrix.room,
         socket = %cfg.control.socket.display(),
@@ -185,6 +195,7 @@ pub async fn run(loaded: LoadedConfig) -> anyhow::Result<()> {
                     crate::livekit::ConnectOptions::default(),
                     reports_tx.clone(),
                 ));
+                status_tx.send_replace(status_of(&machine.status(), true));
                 continue;
             }
             Some(report) = reports.recv() => match report {
@@ -260,6 +271,6 @@ pub async fn run(loaded: LoadedConfig) -> anyhow::Result<()> {
             tracing::info!(state = %state_name(&status), "state");
             crate::systemd::notify(&format!("STATUS={}", state_name(&status)));
         }
-        status_tx.send_replace(status_of(&status));
+        status_tx.send_replace(status_of(&status, driver.is_some()));
     }
 }

@@ -72,7 +72,11 @@ mod tests {
             p.remove("@a:x", "LAPTOP", Source::Matrix),
             Some(Change::Left("@a:x".into()))
         );
-        assert_eq!(p.remove("@a:x", "LAPTOP", Source::Matrix), None, "no double leave");
+        assert_eq!(
+            p.remove("@a:x", "LAPTOP", Source::Matrix),
+            None,
+            "no double leave"
+        );
     }
 
     #[test]
