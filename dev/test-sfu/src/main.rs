@@ -54,6 +54,12 @@ fn main() -> anyhow::Result<()> {
             "refusing to bind {addr}: give the exact address to serve on"
         );
     }
+    for addr in &cli.advertise {
+        anyhow::ensure!(
+            !addr.is_unspecified(),
+            "refusing to advertise {addr}: give the address clients reach the UDP socket at"
+        );
+    }
     str0m::crypto::from_feature_flags().install_process_default();
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

@@ -7,17 +7,24 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use common::*;
-use mi_test_sfu::testkit::{start_peer, LineProcess, NetnsPair, PeerSpec, Sfu};
+use mi_test_sfu::testkit::{start_peer, LineProcess, LoopbackRelay, NetnsPair, PeerSpec, Sfu};
 use serde_json::Value;
 
 struct Setup {
     python: PathBuf,
     net: NetnsPair,
     sfu: Sfu,
+    relay: Option<LoopbackRelay>,
 }
 
 /// None = skipped (not root, or no Python outside CI).
 fn setup(extra: &[&str]) -> Option<Setup> {
+    setup_bound(extra, false)
+}
+
+/// With `loopback`, the SFU binds 127.0.0.1 and advertises the veth address, reached through a
+/// [`LoopbackRelay`] (the QEMU guest situation); the relay is returned for the caller to keep.
+fn setup_bound(extra: &[&str], loopback: bool) -> Option<Setup> {
     let ci = std::env::var("CI").is_ok_and(|v| v == "true");
     if !NetnsPair::available() {
         assert!(!ci, "interop tests need root (network namespaces) under CI");
@@ -26,14 +33,40 @@ fn setup(extra: &[&str]) -> Option<Setup> {
     }
     let python = mi_test_sfu::testkit::python().expect("python for the SDK peer")?;
     let net = NetnsPair::new().expect("network namespaces");
-    let sfu = Sfu::start(bin(), Some(&net.sfu_ns), &net.sfu_ip(), KEY, SECRET, extra)
-        .expect("SFU started");
-    Some(Setup { python, net, sfu })
+    let bind = if loopback {
+        "127.0.0.1".to_string()
+    } else {
+        net.sfu_ip()
+    };
+    let sfu = Sfu::start_with(
+        bin(),
+        Some(&net.sfu_ns),
+        &bind,
+        &net.sfu_ip(),
+        KEY,
+        SECRET,
+        extra,
+    )
+    .expect("SFU started");
+    let relay = loopback.then(|| {
+        LoopbackRelay::start(&net.sfu_ns, &net.sfu_ip(), sfu.udp.port(), sfu.http_port())
+            .expect("relay")
+    });
+    Some(Setup {
+        python,
+        net,
+        sfu,
+        relay,
+    })
 }
 
 impl Setup {
     fn peer(&self, identity: &str, room: &str, tone: u32, expect: u32) -> LineProcess {
-        let (url, token) = (self.sfu.ws_url(), join_token(identity, room));
+        let url = match self.relay {
+            Some(_) => format!("ws://{}:{}", self.net.sfu_ip(), self.sfu.http_port()),
+            None => self.sfu.ws_url(),
+        };
+        let token = join_token(identity, room);
         let spec = PeerSpec {
             name: identity,
             url: &url,
@@ -46,7 +79,7 @@ impl Setup {
     }
 
     fn twirp(&self, method: &'static str, room: &str, body: String) -> (u16, String) {
-        let addr = self.sfu.http.trim_start_matches("http://").to_string();
+        let addr = format!("{}:{}", self.net.sfu_ip(), self.sfu.http_port());
         let token = admin_token(room);
         NetnsPair::run_in(&self.net.py_ns, move || twirp(&addr, method, &token, &body))
             .expect("in namespace")
@@ -163,8 +196,7 @@ fn sdk_peers_resume_after_their_signalling_connections_vanish() {
     hears(&mut a, "grace", 2);
     hears(&mut b, "frank", 2);
 
-    let port: u16 = s.sfu.http.rsplit(':').next().unwrap().parse().unwrap();
-    NetnsPair::kill_tcp(&s.net.py_ns, &s.net.sfu_ip(), port).expect("ss -K");
+    NetnsPair::kill_tcp(&s.net.py_ns, &s.net.sfu_ip(), s.sfu.http_port()).expect("ss -K");
     for p in [&mut a, &mut b] {
         p.wait_json(Duration::from_secs(30), event("reconnected"))
             .expect("peer resumed");
@@ -182,4 +214,19 @@ fn sdk_peers_resume_after_their_signalling_connections_vanish() {
             p.seen
         );
     }
+}
+
+#[test]
+fn sfu_bound_to_loopback_advertising_another_address_works() {
+    // Like a QEMU guest reaching the host's loopback as 10.0.2.2: every client arrives from
+    // 127.0.0.1 while the candidate names the veth address.
+    let Some(s) = setup_bound(&[], true) else {
+        return;
+    };
+    let mut a = s.peer("heidi", "qemu", 440, 1000);
+    let mut b = s.peer("ivan", "qemu", 1000, 440);
+    connected(&mut a);
+    connected(&mut b);
+    hears(&mut a, "ivan", 5);
+    hears(&mut b, "heidi", 5);
 }
