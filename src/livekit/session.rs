@@ -15,7 +15,7 @@ use proto::signal_request::Message as Request;
 use proto::signal_response::Message as Response;
 use str0m::change::{SdpAnswer, SdpOffer, SdpPendingOffer};
 use str0m::format::Codec;
-use str0m::media::{Direction, Frequency, MediaKind, MediaTime, Mid, Pt};
+use str0m::media::{Frequency, MediaKind, MediaTime, Mid, Pt};
 use str0m::Event;
 use tokio::sync::{mpsc, oneshot};
 
@@ -33,6 +33,8 @@ use super::{net, Command, ConnectOptions, Counters, LiveKitCall, LiveKitError};
 
 /// Client id of our one microphone track (AddTrackRequest.cid, SDP msid track id).
 pub(super) const MIC_CID: &str = "mic0";
+/// How long leaving waits for the audio threads.
+const AUDIO_STOP_LIMIT: Duration = Duration::from_secs(2);
 /// How long the ICE connection may stay lost before the call counts as failed.
 const ICE_LOSS_LIMIT: Duration = Duration::from_secs(10);
 
@@ -323,7 +325,15 @@ impl Session {
         self.client.close().await;
         self.publisher.rtc.disconnect();
         self.subscriber.rtc.disconnect();
-        let _ = tokio::task::spawn_blocking(move || audio.stop()).await;
+        // Each audio thread finishes its current 20 ms frame; a device stuck in a blocking
+        // read or write must not hold the leave up.
+        let stopping = tokio::task::spawn_blocking(move || audio.stop());
+        if tokio::time::timeout(AUDIO_STOP_LIMIT, stopping)
+            .await
+            .is_err()
+        {
+            tracing::warn!("audio threads did not stop within {AUDIO_STOP_LIMIT:?}; left behind");
+        }
         if let Ok(mut p) = self.playback.lock() {
             p.clear();
         }
@@ -418,21 +428,14 @@ impl Session {
             .map(|t| t.stream.clone())
             .filter(|s| !s.is_empty())
             .unwrap_or_else(|| "microphone".to_owned());
-        let mut api = self.publisher.rtc.sdp_api();
-        let mid = match &self.publish {
-            Publish::Ready { mid, .. } | Publish::AwaitAnswer { mid, .. } => *mid,
-            Publish::AwaitTrack | Publish::Failed => api.add_media(
-                MediaKind::Audio,
-                Direction::SendOnly,
-                Some(stream_id),
-                Some(MIC_CID.into()),
-                None,
-            ),
+        let existing = match &self.publish {
+            Publish::Ready { mid, .. } | Publish::AwaitAnswer { mid, .. } => Some(*mid),
+            Publish::AwaitTrack | Publish::Failed => None,
         };
-        if ice_restart {
-            api.ice_restart(true);
-        }
-        let Some((offer, pending)) = api.apply() else {
+        let Some((mid, offer, pending)) =
+            self.publisher
+                .mic_offer(existing, &stream_id, MIC_CID, ice_restart)
+        else {
             return None; // nothing changed: the current negotiation stands
         };
         let sdp = offer.to_sdp_string();
