@@ -163,7 +163,8 @@ pub(super) async fn start(
     let publisher = Peer::new(bind_ip, now)?;
     let subscriber = Peer::new(bind_ip, now)?;
 
-    let (room, initial) = Room::from_join(&join);
+    let (mut room, initial) = Room::from_join(&join);
+    let video = room.undeclined_video(&join.other_participants);
     let (events_tx, events_rx) = mpsc::channel(64);
     for e in initial {
         let _ = events_tx.try_send(e);
@@ -203,6 +204,7 @@ pub(super) async fn start(
         rtp_time: 0,
         ice_lost_since: None,
     };
+    session.decline_video(video).await;
     tokio::spawn(session.run(commands_rx, mic_rx, audio));
     Ok((
         LiveKitCall {
@@ -364,10 +366,14 @@ impl Session {
             Response::Trickle(t) => self.on_trickle(&t),
             Response::TrackPublished(tp) => return self.on_track_published(tp).await,
             Response::Update(update) => {
-                let events = {
+                let (events, video) = {
                     let mut room = self.room.lock().ok()?;
-                    room.on_participant_update(&update.participants)
+                    (
+                        room.on_participant_update(&update.participants),
+                        room.undeclined_video(&update.participants),
+                    )
                 };
+                self.decline_video(video).await;
                 let gone = proto::participant_info::State::Disconnected as i32;
                 if let Ok(mut p) = self.playback.lock() {
                     for info in update.participants.iter().filter(|i| i.state == gone) {
@@ -409,6 +415,21 @@ impl Session {
             _ => {}
         }
         None
+    }
+
+    /// Unsubscribes from video tracks (audio-only device).
+    pub(super) async fn decline_video(&self, track_sids: Vec<String>) {
+        if track_sids.is_empty() {
+            return;
+        }
+        tracing::debug!(?track_sids, "declining video tracks");
+        self.client
+            .send(Request::Subscription(proto::UpdateSubscription {
+                track_sids,
+                subscribe: false,
+                ..Default::default()
+            }))
+            .await;
     }
 
     async fn on_track_published(&mut self, tp: proto::TrackPublishedResponse) -> Option<End> {
