@@ -18,6 +18,8 @@ pub const SECRET: &str = "devsecret-devsecret-devsecret-00";
 
 pub struct TestSfu {
     pub http: SocketAddr,
+    /// The SFU's media socket.
+    pub udp: SocketAddr,
     ns: Option<String>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
@@ -32,6 +34,17 @@ impl TestSfu {
     /// Starts the SFU bound to and advertising only `ip`, inside network namespace `ns` if
     /// given (the runtime's threads inherit the namespace of the thread that builds it).
     pub fn start_on(ip: IpAddr, ns: Option<String>, auto_create: bool) -> Self {
+        Self::start_advertising(ip, None, ns, auto_create)
+    }
+
+    /// As [`TestSfu::start_on`], but announcing `advertise` (same port) as the only ICE
+    /// candidate instead of the bound address (e.g. a relay in front of it).
+    pub fn start_advertising(
+        ip: IpAddr,
+        advertise: Option<IpAddr>,
+        ns: Option<String>,
+        auto_create: bool,
+    ) -> Self {
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let run = move || {
@@ -45,7 +58,7 @@ impl TestSfu {
                 let local = udp.local_addr().unwrap();
                 let plan = NetPlan {
                     local,
-                    advertise: vec![local.ip()],
+                    advertise: vec![advertise.unwrap_or(local.ip())],
                 };
                 let (engine_tx, engine_rx) = tokio::sync::mpsc::unbounded_channel();
                 let engine = tokio::spawn(Engine::new(udp, plan, auto_create).run(engine_rx));
@@ -60,7 +73,7 @@ impl TestSfu {
                     sessions_changed: tokio::sync::Notify::new(),
                 });
                 let server = tokio::spawn(serve(listener, shared));
-                ready_tx.send(http).unwrap();
+                ready_tx.send((http, local)).unwrap();
                 let _ = stop_rx.await;
                 server.abort();
                 engine.abort();
@@ -71,11 +84,12 @@ impl TestSfu {
             Some(ns) => mi_test_sfu::testkit::NetnsPair::run_in(&ns, run).expect("enter namespace"),
             None => run(),
         });
-        let http = ready_rx
+        let (http, udp) = ready_rx
             .recv_timeout(Duration::from_secs(10))
             .expect("SFU started");
         Self {
             http,
+            udp,
             ns: sfu_ns,
             stop: Some(stop_tx),
             thread: Some(thread),
