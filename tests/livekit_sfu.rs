@@ -445,3 +445,27 @@ async fn ten_percent_downstream_loss_is_repaired_by_fec() {
     alice.call.leave().await;
     bob.call.leave().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_shutdown_ends_the_call_with_server_shutdown() {
+    let _serial = SERIAL.lock().await;
+    let sfu = TestSfu::start(true);
+    let mut dave = join(&sfu, "@dave:example.org:DAVEDEV", "closing", 440.0).await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while dave.call.stats().packets_sent == 0 {
+        assert!(Instant::now() < deadline, "no packet sent");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::task::block_in_place(|| sfu.shutdown());
+    let ended = wait_event(&mut dave.events, Duration::from_secs(20), |e| {
+        matches!(e, LiveKitEvent::Disconnected { .. })
+    })
+    .await;
+    assert_eq!(
+        ended,
+        LiveKitEvent::Disconnected {
+            reason: DisconnectReason::ServerShutdown
+        }
+    );
+    dave.call.leave().await;
+}

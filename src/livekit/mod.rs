@@ -8,8 +8,15 @@
 //! caller), ALSA (the PCM traits hide it), the call state machine (it gets [`LiveKitEvent`]s).
 //!
 //! Layout: [`room`] (who is there, sans-IO), [`jitter`] and [`mixer`] (sans-IO audio),
-//! [`codec`] (Opus), [`sdp`] (SDP and trickle text), [`net`] and [`peer`] (sockets and
-//! str0m), [`audio`] (threads), `session` (the task tying them together).
+//! [`codec`] (Opus), [`e2ee`] (Element Call media encryption), [`sdp`] (SDP and trickle
+//! text), [`net`] and [`peer`] (sockets and str0m), [`audio`] (threads), `session` (the task
+//! tying them together) and `recovery` (resume after a lost link, full rejoin).
+//!
+//! Use: [`connect`] with the SFU URL and JWT from the MatrixRTC authorisation service, then
+//! read [`LiveKitEvent`]s until `Disconnected`, or call [`LiveKitCall::leave`]. A lost
+//! signalling link is resumed (`Reconnecting` … `Reconnected`); if the server refuses the
+//! resume the client joins again as a new participant. The device plays audio only: video
+//! tracks are declined.
 
 pub mod audio;
 pub mod codec;

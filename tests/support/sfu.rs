@@ -21,7 +21,7 @@ pub struct TestSfu {
     /// The SFU's media socket.
     pub udp: SocketAddr,
     ns: Option<String>,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    stop: Option<tokio::sync::oneshot::Sender<bool>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
@@ -46,7 +46,7 @@ impl TestSfu {
         auto_create: bool,
     ) -> Self {
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<bool>();
         let run = move || {
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(1)
@@ -61,6 +61,7 @@ impl TestSfu {
                     advertise: vec![advertise.unwrap_or(local.ip())],
                 };
                 let (engine_tx, engine_rx) = tokio::sync::mpsc::unbounded_channel();
+                let control = engine_tx.clone();
                 let engine = tokio::spawn(Engine::new(udp, plan, auto_create).run(engine_rx));
                 let listener = tokio::net::TcpListener::bind((ip, 0))
                     .await
@@ -72,10 +73,27 @@ impl TestSfu {
                     sessions: AtomicUsize::new(0),
                     sessions_changed: tokio::sync::Notify::new(),
                 });
-                let server = tokio::spawn(serve(listener, shared));
+                let server = tokio::spawn(serve(listener, shared.clone()));
                 ready_tx.send((http, local)).unwrap();
-                let _ = stop_rx.await;
+                let graceful = stop_rx.await.unwrap_or(false);
                 server.abort();
+                if graceful {
+                    // As the binary does on SIGTERM: SERVER_SHUTDOWN to everyone, then a
+                    // bounded wait for the sessions to flush it.
+                    let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+                    let _ = control.send(mi_test_sfu::engine::Command::Shutdown(done_tx));
+                    let _ = tokio::time::timeout(Duration::from_secs(2), done_rx).await;
+                    let _ = tokio::time::timeout(Duration::from_secs(3), async {
+                        while shared.sessions.load(std::sync::atomic::Ordering::SeqCst) > 0 {
+                            let changed = shared.sessions_changed.notified();
+                            if shared.sessions.load(std::sync::atomic::Ordering::SeqCst) == 0 {
+                                break;
+                            }
+                            changed.await;
+                        }
+                    })
+                    .await;
+                }
                 engine.abort();
             });
         };
@@ -127,10 +145,22 @@ impl TestSfu {
     }
 }
 
+impl TestSfu {
+    /// Shuts down like the binary on SIGTERM: every participant gets SERVER_SHUTDOWN.
+    pub fn shutdown(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(true);
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
 impl Drop for TestSfu {
     fn drop(&mut self) {
         if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
+            let _ = stop.send(false);
         }
         if let Some(t) = self.thread.take() {
             let _ = t.join();
