@@ -1,4 +1,4 @@
-//! The device's LiveKit client (issue [livekit]): joins a LiveKit room over the v0 `/rtc`
+//! The device's LiveKit client (issue \[livekit\]): joins a LiveKit room over the v0 `/rtc`
 //! signalling with two str0m peer connections (publisher = our offer with one Opus mic
 //! track, subscriber = answers to the SFU's offers), and moves audio between a
 //! [`PcmSource`]/[`PcmSink`] pair and the SFU.
