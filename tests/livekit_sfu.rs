@@ -469,3 +469,27 @@ async fn server_shutdown_ends_the_call_with_server_shutdown() {
     );
     dave.call.leave().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leave_is_prompt_while_the_sfu_is_unreachable() {
+    let _serial = SERIAL.lock().await;
+    let sfu = TestSfu::start(true);
+    let proxy = TcpProxy::start(sfu.http).await;
+    let mut alice = join_via(
+        &proxy.ws_url(),
+        "@alice:example.org:ALICEDEV",
+        "door",
+        440.0,
+    )
+    .await;
+    // Every later connection attempt is refused (nothing listens on port 1).
+    proxy.retarget("127.0.0.1:1".parse().unwrap());
+    proxy.cut();
+    wait_event(&mut alice.events, Duration::from_secs(20), |e| {
+        *e == LiveKitEvent::Reconnecting
+    })
+    .await;
+    tokio::time::timeout(Duration::from_secs(5), alice.call.leave())
+        .await
+        .expect("leave returned while reconnecting");
+}

@@ -268,7 +268,11 @@ impl Session {
                 _ = tokio::time::sleep_until(wake.into()) => None,
             };
             let outcome = match outcome {
-                Some(End::Recover(kind)) => self.recover(kind).await,
+                // A leave asked for during a recovery ends it at once.
+                Some(End::Recover(kind)) => tokio::select! {
+                    end = self.recover(kind) => end,
+                    cmd = commands.recv() => Some(End::Left(cmd.map(|Command::Leave(done)| done))),
+                },
                 other => other,
             };
             if let Some(end) = outcome {
