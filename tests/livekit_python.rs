@@ -20,6 +20,10 @@ use support::tone::longest_tone_run;
 const DEVICE: &str = "@door:example.org:DOORDEV";
 const PYTHON: &str = "@visitor:example.org:PYDEV";
 
+/// The interop tests run one at a time (two real-time libwebrtc peers side by side on a
+/// 2-core machine measure the machine, not the client).
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 /// Root and Python, or `None` (skip, loudly; a failure under CI).
 fn interop_setup() -> Option<(PathBuf, NetnsPair)> {
     let ci = std::env::var("CI").is_ok_and(|v| v == "true");
@@ -202,6 +206,7 @@ fn assert_heard_cleanly(report: &DeviceReport) {
 
 #[test]
 fn device_and_python_sdk_hear_each_other_and_see_the_leave() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let Some((python, net)) = interop_setup() else {
         return;
     };
@@ -227,6 +232,7 @@ fn device_and_python_sdk_hear_each_other_and_see_the_leave() {
 
 #[test]
 fn encrypted_audio_interoperates_with_the_python_sdk() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let Some((python, net)) = interop_setup() else {
         return;
     };
