@@ -6,10 +6,11 @@
 mod support;
 
 use std::net::IpAddr;
+use std::path::{Path, PathBuf};
 use std::sync::mpsc as std_mpsc;
 use std::time::{Duration, Instant};
 
-use matrix_intercom::livekit::{connect, ConnectOptions, LiveKitEvent};
+use matrix_intercom::livekit::{connect, ConnectOptions, E2eeKeys, LiveKitEvent};
 use mi_test_sfu::testkit::{start_peer, LineProcess, NetnsPair, PeerSpec};
 use serde_json::Value;
 use support::pcm::{RecordingSink, ToneSource};
@@ -18,6 +19,31 @@ use support::tone::longest_tone_run;
 
 const DEVICE: &str = "@door:example.org:DOORDEV";
 const PYTHON: &str = "@visitor:example.org:PYDEV";
+
+/// The interop tests run one at a time (two real-time libwebrtc peers side by side on a
+/// 2-core machine measure the machine, not the client).
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// Root and Python, or `None` (skip, loudly; a failure under CI).
+fn interop_setup() -> Option<(PathBuf, NetnsPair)> {
+    let ci = std::env::var("CI").is_ok_and(|v| v == "true");
+    if !NetnsPair::available() {
+        assert!(!ci, "this test needs root (network namespaces) under CI");
+        eprintln!("!!! SKIPPING device/Python interop: needs root for network namespaces !!!");
+        return None;
+    }
+    let python = mi_test_sfu::testkit::python().expect("python for the SDK peer")?;
+    Some((python, NetnsPair::new().expect("network namespaces")))
+}
+
+fn connected(peer: &mut LineProcess) {
+    let v = peer
+        .wait_json(Duration::from_secs(30), |v| {
+            v["event"] == "connected" || v["event"] == "error"
+        })
+        .expect("Python peer reported");
+    assert_eq!(v["event"], "connected", "{v}");
+}
 
 /// Waits until `n` consecutive one-second tone reports about `from` show the tone clearly.
 fn python_hears(p: &mut LineProcess, from: &str, n: usize) {
@@ -43,53 +69,22 @@ struct DeviceReport {
     longest_1000hz_run: usize,
     decoded: u64,
     repaired: u64,
+    undecryptable: u64,
     python_left: bool,
 }
 
-#[test]
-fn device_and_python_sdk_hear_each_other_and_see_the_leave() {
-    let ci = std::env::var("CI").is_ok_and(|v| v == "true");
-    if !NetnsPair::available() {
-        assert!(!ci, "this test needs root (network namespaces) under CI");
-        eprintln!("!!! SKIPPING device/Python interop: needs root for network namespaces !!!");
-        return;
-    }
-    let Some(python) = mi_test_sfu::testkit::python().expect("python for the SDK peer") else {
-        return;
-    };
-    let net = NetnsPair::new().expect("network namespaces");
-    let sfu_ip: IpAddr = net.sfu_ip().parse().unwrap();
-    let sfu = TestSfu::start_on(sfu_ip, Some(net.sfu_ns.clone()), true);
-    let url = sfu.ws_url();
-
-    let python_token = join_token(PYTHON, "door");
-    let mut peer = start_peer(
-        &python,
-        &net.py_ns,
-        &PeerSpec {
-            name: "python",
-            url: &url,
-            token: python_token.expose(),
-            tone_hz: 1000,
-            expect_hz: 440,
-            duration_s: 60,
-        },
-    )
-    .expect("Python peer started");
-    let v = peer
-        .wait_json(Duration::from_secs(30), |v| {
-            v["event"] == "connected" || v["event"] == "error"
-        })
-        .expect("Python peer reported");
-    assert_eq!(v["event"], "connected", "{v}");
-
-    // The device runs in the SFU's namespace on its own runtime until told the peer left.
-    let (python_gone_tx, python_gone_rx) = std_mpsc::channel::<()>();
-    let (device_heard_tx, device_heard_rx) = std_mpsc::channel::<()>();
-    let device_ns = net.sfu_ns.clone();
-    let subnet = format!("10.77.{}.0/24", net.subnet);
-    let device = std::thread::spawn(move || {
-        NetnsPair::run_in(&device_ns, move || {
+/// The device in the SFU's namespace on its own runtime: joins, listens for the Python peer's
+/// 1000 Hz (bounded), signals `heard`, waits for `gone`, then for the peer's leave event.
+fn spawn_device(
+    ns: String,
+    url: String,
+    subnet: String,
+    e2ee: Option<E2eeKeys>,
+    heard_tx: std_mpsc::Sender<()>,
+    gone_rx: std_mpsc::Receiver<()>,
+) -> std::thread::JoinHandle<DeviceReport> {
+    std::thread::spawn(move || {
+        NetnsPair::run_in(&ns, move || {
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)
                 .enable_all()
@@ -100,6 +95,7 @@ fn device_and_python_sdk_hear_each_other_and_see_the_leave() {
                 let heard = sink.recording();
                 let opts = ConnectOptions {
                     allowed_remote_nets: Some(vec![subnet.parse().unwrap()]),
+                    e2ee,
                     ..ConnectOptions::default()
                 };
                 let (call, mut events) = connect(
@@ -111,7 +107,6 @@ fn device_and_python_sdk_hear_each_other_and_see_the_leave() {
                 )
                 .await
                 .expect("device joined");
-                // Hear the Python peer's 1000 Hz for 5 s (bounded).
                 let deadline = Instant::now() + Duration::from_secs(40);
                 while longest_tone_run(&heard.lock().unwrap(), 1000.0) < 250
                     && Instant::now() < deadline
@@ -124,12 +119,10 @@ fn device_and_python_sdk_hear_each_other_and_see_the_leave() {
                     .tracks
                     .iter()
                     .find(|t| t.identity.as_deref() == Some(PYTHON))
-                    .map(|t| t.stats.decode)
-                    .unwrap_or_default();
-                device_heard_tx.send(()).ok();
-                // Wait for the test to make the peer leave, then for the event.
+                    .map(|t| t.stats.clone());
+                heard_tx.send(()).ok();
                 let _ = tokio::task::spawn_blocking(move || {
-                    python_gone_rx.recv_timeout(Duration::from_secs(90))
+                    gone_rx.recv_timeout(Duration::from_secs(90))
                 })
                 .await;
                 let left = tokio::time::timeout(Duration::from_secs(20), async {
@@ -145,25 +138,49 @@ fn device_and_python_sdk_hear_each_other_and_see_the_leave() {
                 .await
                 .unwrap_or(false);
                 call.leave().await;
+                let decode = track.as_ref().map(|t| t.decode).unwrap_or_default();
                 DeviceReport {
                     longest_1000hz_run: longest,
-                    decoded: track.frames_decoded,
-                    repaired: track.frames_concealed + track.frames_fec,
+                    decoded: decode.frames_decoded,
+                    repaired: decode.frames_concealed + decode.frames_fec,
+                    undecryptable: track.map_or(0, |t| t.undecryptable),
                     python_left: left,
                 }
             })
         })
         .expect("device namespace thread")
-    });
+    })
+}
 
+/// Runs one device/Python exchange; `python` starts the peer given the SFU URL.
+fn exchange(
+    net: &NetnsPair,
+    e2ee: Option<E2eeKeys>,
+    python: impl FnOnce(&str) -> LineProcess,
+) -> DeviceReport {
+    let sfu_ip: IpAddr = net.sfu_ip().parse().unwrap();
+    let sfu = TestSfu::start_on(sfu_ip, Some(net.sfu_ns.clone()), true);
+    let url = sfu.ws_url();
+    let mut peer = python(&url);
+    connected(&mut peer);
+
+    let (gone_tx, gone_rx) = std_mpsc::channel::<()>();
+    let (heard_tx, heard_rx) = std_mpsc::channel::<()>();
+    let device = spawn_device(
+        net.sfu_ns.clone(),
+        url,
+        format!("10.77.{}.0/24", net.subnet),
+        e2ee,
+        heard_tx,
+        gone_rx,
+    );
     peer.wait_json(Duration::from_secs(30), |v| {
         v["event"] == "track_subscribed" && v["identity"] == DEVICE
     })
     .expect("the Python peer subscribed to the device");
     python_hears(&mut peer, DEVICE, 5);
-
     // Python leaves once the device has measured what it heard (bounded on both sides).
-    device_heard_rx
+    heard_rx
         .recv_timeout(Duration::from_secs(60))
         .expect("device finished listening");
     peer.close_stdin();
@@ -171,9 +188,13 @@ fn device_and_python_sdk_hear_each_other_and_see_the_leave() {
         peer.wait_exit(Duration::from_secs(20)),
         "Python peer exited"
     );
-    python_gone_tx.send(()).ok();
+    gone_tx.send(()).ok();
     let report = device.join().expect("device thread");
     eprintln!("device report: {report:?}");
+    report
+}
+
+fn assert_heard_cleanly(report: &DeviceReport) {
     assert!(report.longest_1000hz_run >= 250, "{report:?}");
     assert!(report.decoded >= 250, "{report:?}");
     assert!(report.repaired * 50 < report.decoded, "{report:?}");
@@ -181,4 +202,54 @@ fn device_and_python_sdk_hear_each_other_and_see_the_leave() {
         report.python_left,
         "no ParticipantLeft for the Python peer: {report:?}"
     );
+}
+
+#[test]
+fn device_and_python_sdk_hear_each_other_and_see_the_leave() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let Some((python, net)) = interop_setup() else {
+        return;
+    };
+    let report = exchange(&net, None, |url| {
+        let token = join_token(PYTHON, "door");
+        start_peer(
+            &python,
+            &net.py_ns,
+            &PeerSpec {
+                name: "python",
+                url,
+                token: token.expose(),
+                tone_hz: 1000,
+                expect_hz: 440,
+                duration_s: 60,
+            },
+        )
+        .expect("Python peer started")
+    });
+    assert_heard_cleanly(&report);
+    assert_eq!(report.undecryptable, 0);
+}
+
+#[test]
+fn encrypted_audio_interoperates_with_the_python_sdk() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let Some((python, net)) = interop_setup() else {
+        return;
+    };
+    // One shared media key (as the SDK's shared-key mode uses), HKDF-derived on both sides.
+    let key = *b"interop-media-k!";
+    let keys = E2eeKeys::new();
+    keys.set_local_key(0, &key);
+    keys.set_remote_key(PYTHON, 0, &key);
+    let key_hex: String = key.iter().map(|b| format!("{b:02x}")).collect();
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support/lk_e2ee_peer.py");
+    let report = exchange(&net, Some(keys), |url| {
+        let token = join_token(PYTHON, "door");
+        let mut cmd = NetnsPair::command_in(&net.py_ns, &python);
+        cmd.arg(&script)
+            .args([url, token.expose(), &key_hex, "1000", "440", "60"]);
+        LineProcess::spawn("python-e2ee", cmd).expect("Python E2EE peer started")
+    });
+    assert_heard_cleanly(&report);
+    assert!(report.undecryptable * 50 < report.decoded, "{report:?}");
 }

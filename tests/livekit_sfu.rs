@@ -3,6 +3,7 @@
 
 mod support;
 
+use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use matrix_intercom::livekit::{
@@ -12,8 +13,9 @@ use matrix_intercom::livekit::{
 use matrix_intercom::secret::Secret;
 use support::pcm::{RecordingSink, ToneSource};
 use support::proxy::TcpProxy;
+use support::relay::LossyRelay;
 use support::sfu::{join_token, TestSfu};
-use support::tone::longest_tone_run;
+use support::tone::{longest_tone_run, recent_tone_fraction};
 use tokio::sync::mpsc::Receiver;
 
 /// Tests of this file run one at a time: each runs real-time audio for several clients, and
@@ -388,4 +390,106 @@ async fn encrypted_media_is_heard_only_with_the_senders_key() {
     for p in [alice, bob, eve] {
         p.call.leave().await;
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_percent_downstream_loss_is_repaired_by_fec() {
+    let _serial = SERIAL.lock().await;
+    // The SFU on 127.0.0.1 advertises 127.0.0.2, where a relay drops every 10th RTP packet
+    // it delivers to the clients.
+    let relay_ip = IpAddr::from([127, 0, 0, 2]);
+    let sfu = TestSfu::start_advertising(IpAddr::from([127, 0, 0, 1]), Some(relay_ip), None, true);
+    let relay = LossyRelay::start(
+        SocketAddr::new(relay_ip, sfu.udp.port()),
+        sfu.udp,
+        IpAddr::from([127, 0, 0, 3]),
+        10,
+    )
+    .await;
+    let alice = join(&sfu, "@alice:example.org:ALICEDEV", "lossy", 440.0).await;
+    let bob = join(&sfu, "@bob:example.org:BOBDEV", "lossy", 1000.0).await;
+    // With 10 % loss every loss is a single one, repaired from the next packet's FEC. Opus
+    // FEC is a low-rate speech copy: a repaired frame of a pure test tone is too noisy for the
+    // detector, so expect the tone in at least 85 % of 5 s (90 % arrive intact).
+    for party in [&alice, &bob] {
+        let freq = if std::ptr::eq(party, &alice) {
+            1000.0
+        } else {
+            440.0
+        };
+        let deadline = Instant::now() + Duration::from_secs(40);
+        loop {
+            let fraction = recent_tone_fraction(&party.heard.lock().unwrap(), freq, FIVE_SECONDS);
+            if fraction >= 0.85 {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{freq} Hz in only {fraction:.2} of the last 5 s: {:?}",
+                party.call.stats()
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+    assert!(relay.dropped.load(std::sync::atomic::Ordering::Relaxed) > 20);
+    let stats = alice.call.stats();
+    let d = stats.tracks[0].stats.decode;
+    assert!(
+        d.frames_fec * 20 > d.frames_decoded,
+        "little FEC: {stats:?}"
+    );
+    assert!(
+        d.frames_concealed * 50 < d.frames_decoded,
+        "FEC should leave little to PLC: {stats:?}"
+    );
+    alice.call.leave().await;
+    bob.call.leave().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_shutdown_ends_the_call_with_server_shutdown() {
+    let _serial = SERIAL.lock().await;
+    let sfu = TestSfu::start(true);
+    let mut dave = join(&sfu, "@dave:example.org:DAVEDEV", "closing", 440.0).await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while dave.call.stats().packets_sent == 0 {
+        assert!(Instant::now() < deadline, "no packet sent");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::task::block_in_place(|| sfu.shutdown());
+    let ended = wait_event(&mut dave.events, Duration::from_secs(20), |e| {
+        matches!(e, LiveKitEvent::Disconnected { .. })
+    })
+    .await;
+    assert_eq!(
+        ended,
+        LiveKitEvent::Disconnected {
+            reason: DisconnectReason::ServerShutdown
+        }
+    );
+    dave.call.leave().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leave_is_prompt_while_the_sfu_is_unreachable() {
+    let _serial = SERIAL.lock().await;
+    let sfu = TestSfu::start(true);
+    let proxy = TcpProxy::start(sfu.http).await;
+    let mut alice = join_via(
+        &proxy.ws_url(),
+        "@alice:example.org:ALICEDEV",
+        "door",
+        440.0,
+    )
+    .await;
+    // Every later connection attempt is refused (nothing listens on port 1).
+    proxy.retarget("127.0.0.1:1".parse().unwrap());
+    proxy.cut();
+    wait_event(&mut alice.events, Duration::from_secs(20), |e| {
+        *e == LiveKitEvent::Reconnecting
+    })
+    .await;
+    tokio::time::timeout(Duration::from_secs(5), alice.call.leave())
+        .await
+        .expect("leave returned while reconnecting");
 }

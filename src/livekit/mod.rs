@@ -1,4 +1,4 @@
-//! The device's LiveKit client (issue [livekit]): joins a LiveKit room over the v0 `/rtc`
+//! The device's LiveKit client (issue \[livekit\]): joins a LiveKit room over the v0 `/rtc`
 //! signalling with two str0m peer connections (publisher = our offer with one Opus mic
 //! track, subscriber = answers to the SFU's offers), and moves audio between a
 //! [`PcmSource`]/[`PcmSink`] pair and the SFU.
@@ -8,15 +8,24 @@
 //! caller), ALSA (the PCM traits hide it), the call state machine (it gets [`LiveKitEvent`]s).
 //!
 //! Layout: [`room`] (who is there, sans-IO), [`jitter`] and [`mixer`] (sans-IO audio),
-//! [`codec`] (Opus), [`sdp`] (SDP and trickle text), [`net`] and [`peer`] (sockets and
-//! str0m), [`audio`] (threads), `session` (the task tying them together).
+//! [`codec`] (Opus), [`e2ee`] (Element Call media encryption), [`sdp`] (SDP and trickle
+//! text), [`net`] and [`peer`] (sockets and str0m), [`audio`] (threads), `session` (the task
+//! tying them together) and `recovery` (resume after a lost link, full rejoin).
+//!
+//! Use: [`connect`] with the SFU URL and JWT from the MatrixRTC authorisation service, then
+//! read [`LiveKitEvent`]s until `Disconnected`, or call [`LiveKitCall::leave`]. A lost
+//! signalling link is resumed (`Reconnecting` … `Reconnected`); if the server refuses the
+//! resume the client joins again as a new participant. The device plays audio only: video
+//! tracks are declined.
 
 pub mod audio;
 pub mod codec;
 pub mod e2ee;
 mod identity;
 pub mod jitter;
+mod media;
 pub mod mixer;
+mod negotiation;
 pub mod net;
 pub mod peer;
 mod recovery;

@@ -150,10 +150,14 @@ impl Session {
         if let Ok(mut p) = self.playback.lock() {
             p.clear();
         }
-        let events = match self.room.lock() {
-            Ok(mut room) => room.reset_for_rejoin(&join),
-            Err(_) => Vec::new(),
+        let (events, video) = match self.room.lock() {
+            Ok(mut room) => {
+                let events = room.reset_for_rejoin(&join);
+                (events, room.undeclined_video(&join.other_participants))
+            }
+            Err(_) => (Vec::new(), Vec::new()),
         };
+        self.decline_video(video).await;
         for e in events {
             self.emit(e);
         }

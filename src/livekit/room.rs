@@ -111,6 +111,8 @@ pub struct Room {
     local_sid: String,
     participants: BTreeMap<String, Entry>,
     speakers: HashSet<String>,
+    /// Video tracks already declined (the device plays audio only).
+    declined_video: HashSet<String>,
 }
 
 fn audio_tracks(info: &proto::ParticipantInfo) -> Vec<String> {
@@ -192,6 +194,20 @@ impl Room {
             }
         }
         events
+    }
+
+    /// Video tracks in `infos` not declined yet: the device unsubscribes from them so the SFU
+    /// does not send video to an audio-only device (auto-subscribe takes every track).
+    pub fn undeclined_video(&mut self, infos: &[proto::ParticipantInfo]) -> Vec<String> {
+        let video = proto::TrackType::Video as i32;
+        infos
+            .iter()
+            .filter(|i| i.sid != self.local_sid)
+            .flat_map(|i| i.tracks.iter())
+            .filter(|t| t.r#type == video && !t.sid.is_empty())
+            .filter(|t| self.declined_video.insert(t.sid.clone()))
+            .map(|t| t.sid.clone())
+            .collect()
     }
 
     /// Applies a `SpeakersChanged` (a delta); returns the new complete list if it changed.
@@ -386,6 +402,21 @@ mod tests {
             .participants()
             .iter()
             .any(|p| p.sid == "PA_b" && p.speaking));
+    }
+
+    #[test]
+    fn video_tracks_are_declined_once() {
+        let (mut room, _) = Room::from_join(&join(vec![]));
+        let mut camera = info("PA_v", "@v:hs:V", ParticipantState::Active, 1);
+        camera.tracks.push(proto::TrackInfo {
+            sid: "TR_VCcam".into(),
+            r#type: proto::TrackType::Video as i32,
+            ..Default::default()
+        });
+        assert_eq!(room.undeclined_video(&[camera.clone()]), vec!["TR_VCcam"]);
+        assert!(room.undeclined_video(&[camera]).is_empty());
+        let audio_only = info("PA_a", "@a:hs:A", ParticipantState::Active, 1);
+        assert!(room.undeclined_video(&[audio_only]).is_empty());
     }
 
     #[test]

@@ -1,8 +1,9 @@
-//! The task of one call: signalling messages in, peer connections driven, events out.
+//! The task of one call: set-up, the loop that drives signalling, sockets, timers and the
+//! microphone, and the call's end (leave, server disconnect, lost link, media failure).
 //!
-//! Owns the order of the v0 two-PC flow (AddTrack → TrackPublished → publisher offer →
-//! answer; SFU offers → our answers; trickle both ways) and the call's end. Socket and codec
-//! details live in [`super::peer`] and [`super::audio`]; room bookkeeping in [`super::room`].
+//! Owns the task and its state ([`Session`]). Message handling lives in `negotiation`, the
+//! packet path in `media`, recovery in `recovery`; sockets and codecs in [`super::peer`] and
+//! [`super::audio`]; room bookkeeping in [`super::room`].
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -12,27 +13,22 @@ use std::time::{Duration, Instant};
 use livekit_api::signal_client::{SignalClient, SignalEvent, SignalEvents, SignalOptions};
 use livekit_protocol as proto;
 use proto::signal_request::Message as Request;
-use proto::signal_response::Message as Response;
-use str0m::change::{SdpAnswer, SdpOffer, SdpPendingOffer};
-use str0m::format::Codec;
-use str0m::media::{Direction, Frequency, MediaKind, MediaTime, Mid, Pt};
-use str0m::Event;
+use str0m::change::SdpPendingOffer;
+use str0m::media::{Mid, Pt};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::pcm::{PcmSink, PcmSource, FRAME_SAMPLES};
+use crate::pcm::{PcmSink, PcmSource};
 use crate::secret::Secret;
 
 use super::audio::{AudioThreads, EncodedFrame, Playback};
-use super::e2ee::frame_iv;
 use super::peer::Peer;
-use super::room::{leave_decision, DisconnectReason, LeaveDecision, LiveKitEvent, Room};
-use super::sdp::{
-    candidate_json, first_mid, fix_rejected_mlines, parse_livekit_msid, parse_remote_candidate,
-};
+use super::room::{DisconnectReason, LiveKitEvent, Room};
 use super::{net, Command, ConnectOptions, Counters, LiveKitCall, LiveKitError};
 
 /// Client id of our one microphone track (AddTrackRequest.cid, SDP msid track id).
 pub(super) const MIC_CID: &str = "mic0";
+/// How long leaving waits for the audio threads.
+const AUDIO_STOP_LIMIT: Duration = Duration::from_secs(2);
 /// How long the ICE connection may stay lost before the call counts as failed.
 const ICE_LOSS_LIMIT: Duration = Duration::from_secs(10);
 
@@ -161,7 +157,8 @@ pub(super) async fn start(
     let publisher = Peer::new(bind_ip, now)?;
     let subscriber = Peer::new(bind_ip, now)?;
 
-    let (room, initial) = Room::from_join(&join);
+    let (mut room, initial) = Room::from_join(&join);
+    let video = room.undeclined_video(&join.other_participants);
     let (events_tx, events_rx) = mpsc::channel(64);
     for e in initial {
         let _ = events_tx.try_send(e);
@@ -201,6 +198,7 @@ pub(super) async fn start(
         rtp_time: 0,
         ice_lost_since: None,
     };
+    session.decline_video(video).await;
     tokio::spawn(session.run(commands_rx, mic_rx, audio));
     Ok((
         LiveKitCall {
@@ -264,7 +262,11 @@ impl Session {
                 _ = tokio::time::sleep_until(wake.into()) => None,
             };
             let outcome = match outcome {
-                Some(End::Recover(kind)) => self.recover(kind).await,
+                // A leave asked for during a recovery ends it at once.
+                Some(End::Recover(kind)) => tokio::select! {
+                    end = self.recover(kind) => end,
+                    cmd = commands.recv() => Some(End::Left(cmd.map(|Command::Leave(done)| done))),
+                },
                 other => other,
             };
             if let Some(end) = outcome {
@@ -323,7 +325,15 @@ impl Session {
         self.client.close().await;
         self.publisher.rtc.disconnect();
         self.subscriber.rtc.disconnect();
-        let _ = tokio::task::spawn_blocking(move || audio.stop()).await;
+        // Each audio thread finishes its current 20 ms frame; a device stuck in a blocking
+        // read or write must not hold the leave up.
+        let stopping = tokio::task::spawn_blocking(move || audio.stop());
+        if tokio::time::timeout(AUDIO_STOP_LIMIT, stopping)
+            .await
+            .is_err()
+        {
+            tracing::warn!("audio threads did not stop within {AUDIO_STOP_LIMIT:?}; left behind");
+        }
         if let Ok(mut p) = self.playback.lock() {
             p.clear();
         }
@@ -345,314 +355,5 @@ impl Session {
                 regions: None,
             }))
             .await;
-    }
-
-    pub(super) async fn on_signal(&mut self, msg: Response) -> Option<End> {
-        match msg {
-            Response::Answer(sd) => return self.on_publisher_answer(sd),
-            Response::Offer(sd) => self.on_subscriber_offer(sd).await,
-            Response::Trickle(t) => self.on_trickle(&t),
-            Response::TrackPublished(tp) => return self.on_track_published(tp).await,
-            Response::Update(update) => {
-                let events = {
-                    let mut room = self.room.lock().ok()?;
-                    room.on_participant_update(&update.participants)
-                };
-                let gone = proto::participant_info::State::Disconnected as i32;
-                if let Ok(mut p) = self.playback.lock() {
-                    for info in update.participants.iter().filter(|i| i.state == gone) {
-                        p.remove_participant(&info.sid);
-                    }
-                }
-                for e in events {
-                    self.emit(e);
-                }
-            }
-            Response::SpeakersChanged(s) => {
-                let event = self.room.lock().ok()?.on_speakers_changed(&s.speakers);
-                if let Some(e) = event {
-                    self.emit(e);
-                }
-            }
-            Response::Leave(leave) => {
-                return Some(match leave_decision(&leave) {
-                    LeaveDecision::Disconnect(reason) => End::Server(reason),
-                    LeaveDecision::Resume => End::Recover(Recovery::Resume),
-                    LeaveDecision::Rejoin => End::Recover(Recovery::Rejoin),
-                });
-            }
-            Response::RequestResponse(r)
-                if r.reason != proto::request_response::Reason::Ok as i32 =>
-            {
-                tracing::warn!("LiveKit refused request {}: {}", r.request_id, r.message);
-            }
-            Response::SubscriptionResponse(r) => {
-                tracing::warn!(
-                    "LiveKit could not subscribe to {}: error {}",
-                    r.track_sid,
-                    r.err
-                );
-            }
-            Response::Join(_) | Response::Reconnect(_) => {
-                tracing::debug!("unexpected join/reconnect response mid-call, ignored");
-            }
-            _ => {}
-        }
-        None
-    }
-
-    async fn on_track_published(&mut self, tp: proto::TrackPublishedResponse) -> Option<End> {
-        if tp.cid != MIC_CID || !matches!(self.publish, Publish::AwaitTrack) {
-            return None;
-        }
-        self.published = Some(tp);
-        self.send_publisher_offer(false).await
-    }
-
-    /// Offers the microphone line (adding it first if needed), with an ICE restart if asked.
-    pub(super) async fn send_publisher_offer(&mut self, ice_restart: bool) -> Option<End> {
-        let stream_id = self
-            .published
-            .as_ref()
-            .and_then(|p| p.track.as_ref())
-            .map(|t| t.stream.clone())
-            .filter(|s| !s.is_empty())
-            .unwrap_or_else(|| "microphone".to_owned());
-        let mut api = self.publisher.rtc.sdp_api();
-        let mid = match &self.publish {
-            Publish::Ready { mid, .. } | Publish::AwaitAnswer { mid, .. } => *mid,
-            Publish::AwaitTrack | Publish::Failed => api.add_media(
-                MediaKind::Audio,
-                Direction::SendOnly,
-                Some(stream_id),
-                Some(MIC_CID.into()),
-                None,
-            ),
-        };
-        if ice_restart {
-            api.ice_restart(true);
-        }
-        let Some((offer, pending)) = api.apply() else {
-            return None; // nothing changed: the current negotiation stands
-        };
-        let sdp = offer.to_sdp_string();
-        self.offer_id += 1;
-        let description = proto::SessionDescription {
-            r#type: "offer".into(),
-            sdp: sdp.clone(),
-            id: self.offer_id,
-            ..Default::default()
-        };
-        self.last_offer = Some(description.clone());
-        self.client.send(Request::Offer(description)).await;
-        self.publish = Publish::AwaitAnswer { pending, mid };
-        let first = first_mid(&sdp).unwrap_or_else(|| mid.to_string());
-        self.trickle(proto::SignalTarget::Publisher, &first).await;
-        None
-    }
-
-    fn on_publisher_answer(&mut self, sd: proto::SessionDescription) -> Option<End> {
-        let Publish::AwaitAnswer { pending, mid } =
-            std::mem::replace(&mut self.publish, Publish::Failed)
-        else {
-            tracing::debug!("publisher answer without a pending offer, ignored");
-            return None;
-        };
-        let answer = match SdpAnswer::from_sdp_string(&sd.sdp) {
-            Ok(a) => a,
-            Err(e) => {
-                return Some(End::MediaFailed(format!(
-                    "publisher answer unparsable: {e}"
-                )))
-            }
-        };
-        if let Err(e) = self.publisher.rtc.sdp_api().accept_answer(pending, answer) {
-            return Some(End::MediaFailed(format!("publisher answer refused: {e}")));
-        }
-        let pt = self.publisher.rtc.writer(mid).and_then(|w| {
-            w.payload_params()
-                .find(|p| p.spec().codec == Codec::Opus)
-                .map(|p| p.pt())
-        });
-        match pt {
-            Some(pt) => {
-                tracing::info!(%mid, ?pt, "microphone track negotiated");
-                self.publish = Publish::Ready { mid, pt };
-                if self.reconnecting {
-                    self.reconnecting = false;
-                    self.emit(LiveKitEvent::Reconnected);
-                }
-                None
-            }
-            None => Some(End::MediaFailed(
-                "the SFU did not accept Opus for the microphone".into(),
-            )),
-        }
-    }
-
-    async fn on_subscriber_offer(&mut self, sd: proto::SessionDescription) {
-        let offer = match SdpOffer::from_sdp_string(&sd.sdp) {
-            Ok(o) => o,
-            Err(e) => {
-                tracing::warn!("subscriber offer unparsable, ignored: {e}");
-                return;
-            }
-        };
-        let answer = match self.subscriber.rtc.sdp_api().accept_offer(offer) {
-            Ok(a) => a,
-            Err(e) => {
-                tracing::warn!("subscriber offer refused: {e}");
-                return;
-            }
-        };
-        let sdp = fix_rejected_mlines(&answer.to_sdp_string(), &sd.sdp);
-        let description = proto::SessionDescription {
-            r#type: "answer".into(),
-            sdp,
-            id: sd.id,
-            ..Default::default()
-        };
-        self.last_answer = Some(description.clone());
-        self.client.send(Request::Answer(description)).await;
-        if let Some(mid) = first_mid(&sd.sdp) {
-            self.trickle(proto::SignalTarget::Subscriber, &mid).await;
-        }
-        self.drain_peers();
-    }
-
-    pub(super) async fn trickle(&self, target: proto::SignalTarget, mid: &str) {
-        let peer = match target {
-            proto::SignalTarget::Publisher => &self.publisher,
-            proto::SignalTarget::Subscriber => &self.subscriber,
-        };
-        self.client
-            .send(Request::Trickle(proto::TrickleRequest {
-                candidate_init: candidate_json(&peer.candidate, mid),
-                target: target as i32,
-                r#final: false,
-            }))
-            .await;
-    }
-
-    fn on_trickle(&mut self, t: &proto::TrickleRequest) {
-        let peer = match proto::SignalTarget::try_from(t.target) {
-            Ok(proto::SignalTarget::Publisher) => &mut self.publisher,
-            Ok(proto::SignalTarget::Subscriber) => &mut self.subscriber,
-            Err(_) => return,
-        };
-        match parse_remote_candidate(&t.candidate_init, self.opts.allowed_remote_nets.as_deref()) {
-            Ok(c) => peer.rtc.add_remote_candidate(c),
-            Err(why) => tracing::debug!("remote candidate skipped: {why}"),
-        }
-    }
-
-    fn send_frame(&mut self, frame: EncodedFrame) {
-        let rtp_time = MediaTime::new(self.rtp_time, Frequency::FORTY_EIGHT_KHZ);
-        self.rtp_time += FRAME_SAMPLES as u64;
-        let Publish::Ready { mid, pt } = self.publish else {
-            return;
-        };
-        if !self.publisher.connected {
-            return;
-        }
-        let Some(writer) = self.publisher.rtc.writer(mid) else {
-            return;
-        };
-        let (level, voice) = frame.level;
-        let payload = match &self.opts.e2ee {
-            None => frame.opus,
-            Some(keys) => {
-                self.frames_sent = self.frames_sent.wrapping_add(1);
-                let iv = frame_iv(self.iv_prefix, rtp_time.numer() as u32, self.frames_sent);
-                // Without our key yet nothing may be sent in clear.
-                let Some(sealed) = keys.encrypt(&frame.opus, iv) else {
-                    return;
-                };
-                sealed
-            }
-        };
-        match writer
-            .audio_level(level, voice)
-            .write(pt, Instant::now(), rtp_time, payload)
-        {
-            Ok(()) => {
-                self.counters
-                    .packets_sent
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            }
-            Err(e) => tracing::debug!("microphone frame not sent: {e}"),
-        }
-    }
-
-    pub(super) fn drain_peers(&mut self) {
-        let mut events = Vec::new();
-        self.publisher.drain(&mut events);
-        for e in events.drain(..) {
-            if let Event::IceConnectionStateChange(state) = e {
-                tracing::debug!(?state, "publisher ICE");
-            }
-        }
-        self.subscriber.drain(&mut events);
-        for e in events {
-            self.on_subscriber_event(e);
-        }
-    }
-
-    fn on_subscriber_event(&mut self, event: Event) {
-        match event {
-            Event::MediaAdded(added) if added.kind == MediaKind::Audio => {
-                let Some(media) = self.subscriber.rtc.media(added.mid) else {
-                    return;
-                };
-                let stream = media.stream_id().to_owned();
-                let (participant, track) = match parse_livekit_msid(&stream) {
-                    Some((p, t)) => (p.to_owned(), t.to_owned()),
-                    None => (String::new(), media.track_id().to_owned()),
-                };
-                tracing::info!(mid = %added.mid, %participant, %track, "remote audio track");
-                if let Ok(mut p) = self.playback.lock() {
-                    p.add_track(&track, &participant);
-                }
-                self.mid_tracks.insert(added.mid, (track, participant));
-            }
-            Event::MediaData(data) => {
-                let Some((track, participant)) = self.mid_tracks.get(&data.mid) else {
-                    return;
-                };
-                let payload = match &self.opts.e2ee {
-                    None => Ok(data.data.to_vec()),
-                    Some(keys) => {
-                        let identity = self
-                            .room
-                            .lock()
-                            .ok()
-                            .and_then(|r| r.identity_of(participant).map(str::to_owned))
-                            .unwrap_or_default();
-                        keys.decrypt(&identity, &data.data, &self.sif_trailer)
-                    }
-                };
-                if let Ok(mut p) = self.playback.lock() {
-                    match payload {
-                        Ok(payload) => p.insert(track, **data.seq_range.start(), payload),
-                        Err(e) => {
-                            tracing::debug!("undecryptable frame on {track}: {e}");
-                            p.note_undecryptable(track);
-                        }
-                    }
-                }
-            }
-            Event::IceConnectionStateChange(state) => {
-                use str0m::IceConnectionState as S;
-                tracing::debug!(?state, "subscriber ICE");
-                match state {
-                    S::Disconnected => {
-                        self.ice_lost_since.get_or_insert_with(Instant::now);
-                    }
-                    S::Connected | S::Completed => self.ice_lost_since = None,
-                    _ => {}
-                }
-            }
-            _ => {}
-        }
     }
 }

@@ -4,5 +4,6 @@
 
 pub mod pcm;
 pub mod proxy;
+pub mod relay;
 pub mod sfu;
 pub mod tone;

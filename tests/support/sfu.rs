@@ -18,8 +18,10 @@ pub const SECRET: &str = "devsecret-devsecret-devsecret-00";
 
 pub struct TestSfu {
     pub http: SocketAddr,
+    /// The SFU's media socket.
+    pub udp: SocketAddr,
     ns: Option<String>,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    stop: Option<tokio::sync::oneshot::Sender<bool>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
@@ -32,8 +34,19 @@ impl TestSfu {
     /// Starts the SFU bound to and advertising only `ip`, inside network namespace `ns` if
     /// given (the runtime's threads inherit the namespace of the thread that builds it).
     pub fn start_on(ip: IpAddr, ns: Option<String>, auto_create: bool) -> Self {
+        Self::start_advertising(ip, None, ns, auto_create)
+    }
+
+    /// As [`TestSfu::start_on`], but announcing `advertise` (same port) as the only ICE
+    /// candidate instead of the bound address (e.g. a relay in front of it).
+    pub fn start_advertising(
+        ip: IpAddr,
+        advertise: Option<IpAddr>,
+        ns: Option<String>,
+        auto_create: bool,
+    ) -> Self {
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<bool>();
         let run = move || {
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(1)
@@ -45,9 +58,10 @@ impl TestSfu {
                 let local = udp.local_addr().unwrap();
                 let plan = NetPlan {
                     local,
-                    advertise: vec![local.ip()],
+                    advertise: vec![advertise.unwrap_or(local.ip())],
                 };
                 let (engine_tx, engine_rx) = tokio::sync::mpsc::unbounded_channel();
+                let control = engine_tx.clone();
                 let engine = tokio::spawn(Engine::new(udp, plan, auto_create).run(engine_rx));
                 let listener = tokio::net::TcpListener::bind((ip, 0))
                     .await
@@ -59,10 +73,27 @@ impl TestSfu {
                     sessions: AtomicUsize::new(0),
                     sessions_changed: tokio::sync::Notify::new(),
                 });
-                let server = tokio::spawn(serve(listener, shared));
-                ready_tx.send(http).unwrap();
-                let _ = stop_rx.await;
+                let server = tokio::spawn(serve(listener, shared.clone()));
+                ready_tx.send((http, local)).unwrap();
+                let graceful = stop_rx.await.unwrap_or(false);
                 server.abort();
+                if graceful {
+                    // As the binary does on SIGTERM: SERVER_SHUTDOWN to everyone, then a
+                    // bounded wait for the sessions to flush it.
+                    let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+                    let _ = control.send(mi_test_sfu::engine::Command::Shutdown(done_tx));
+                    let _ = tokio::time::timeout(Duration::from_secs(2), done_rx).await;
+                    let _ = tokio::time::timeout(Duration::from_secs(3), async {
+                        while shared.sessions.load(std::sync::atomic::Ordering::SeqCst) > 0 {
+                            let changed = shared.sessions_changed.notified();
+                            if shared.sessions.load(std::sync::atomic::Ordering::SeqCst) == 0 {
+                                break;
+                            }
+                            changed.await;
+                        }
+                    })
+                    .await;
+                }
                 engine.abort();
             });
         };
@@ -71,11 +102,12 @@ impl TestSfu {
             Some(ns) => mi_test_sfu::testkit::NetnsPair::run_in(&ns, run).expect("enter namespace"),
             None => run(),
         });
-        let http = ready_rx
+        let (http, udp) = ready_rx
             .recv_timeout(Duration::from_secs(10))
             .expect("SFU started");
         Self {
             http,
+            udp,
             ns: sfu_ns,
             stop: Some(stop_tx),
             thread: Some(thread),
@@ -113,10 +145,22 @@ impl TestSfu {
     }
 }
 
+impl TestSfu {
+    /// Shuts down like the binary on SIGTERM: every participant gets SERVER_SHUTDOWN.
+    pub fn shutdown(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(true);
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
 impl Drop for TestSfu {
     fn drop(&mut self) {
         if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
+            let _ = stop.send(false);
         }
         if let Some(t) = self.thread.take() {
             let _ = t.join();

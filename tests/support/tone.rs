@@ -45,3 +45,17 @@ pub fn longest_tone_run(samples: &[i16], freq: f64) -> usize {
     }
     best
 }
+
+/// Fraction of the last `frames` 20 ms frames that carry `freq` (0 when fewer were recorded).
+pub fn recent_tone_fraction(samples: &[i16], freq: f64, frames: usize) -> f64 {
+    let have = samples.len() / FRAME_SAMPLES;
+    if have < frames || frames == 0 {
+        return 0.0;
+    }
+    let start = (have - frames) * FRAME_SAMPLES;
+    let hits = samples[start..have * FRAME_SAMPLES]
+        .chunks_exact(FRAME_SAMPLES)
+        .filter(|f| frame_has_tone(f, freq))
+        .count();
+    hits as f64 / frames as f64
+}
