@@ -258,7 +258,7 @@ impl Daemon {
         d.wait_for(
             Duration::from_secs(60),
             "the daemon to be logged in and idle",
-            |s| s["state"] == "idle" && d_has_session(&s),
+            |s| s["state"] == "idle" && s["connected"] == true,
         );
         d
     }
@@ -413,7 +413,7 @@ fn peer_hears_device(peer: &mut LineProcess, device_identity: &str, n: usize) {
         run = if good { run + 1 } else { 0 };
         let line = v.to_string();
         peer.seen.retain(|l| {
-            serde_json::from_str::<Value>(l).map(|x| x.to_string()) != Ok(line.clone())
+            serde_json::from_str::<Value>(l).map(|x| x.to_string()).ok() != Some(line.clone())
         });
     }
 }
