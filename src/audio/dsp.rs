@@ -19,7 +19,12 @@
 //! WebRTC 0.3 removes ~3 dB more echo, but mostly by non-linear suppression: it also cuts the
 //! visitor's voice by 6-9 dB whenever the resident talks, while speexdsp keeps it within 1 dB.
 //! Both are far beyond the 20 dB needed; speexdsp has a plain C API in every Debian
-//! architecture (no C++ shim, no bindgen), so it is the one used.
+//! architecture (no C++ shim, no bindgen), so it is the one used. Through the whole engine
+//! and alsa-lib (`tests/audio_echo_loop.rs`) the echo comes out 48-55 dB down.
+//!
+//! Cost (`cargo bench --bench audio`): the full capture chain takes about 50-90 ms of one
+//! x86-64 core per second of audio at 48 kHz with a 200 ms tail; running it at 16 kHz would
+//! cost about a third (measured 15 ms/s) if small boards need it.
 
 use super::speex::{EchoCanceller, PreprocessSettings, Preprocessor, SpeexError};
 use crate::config::AudioConfig;

@@ -558,6 +558,8 @@ fn playback_thread(shared: &Shared, name: &str, bank: SoundBank, volume: f32, pa
             tracing::error!("{e}; reopening");
             *lock(&shared.playback_status) = DeviceStatus::Failed(e.to_string());
             shared.n.playback_reopens.fetch_add(1, Ordering::Relaxed);
+            // Nothing is played until the reopen: stop pairing the microphone with stale frames.
+            lock(&shared.reference).clear();
             dev = None;
             continue;
         }
