@@ -115,9 +115,13 @@ pub enum Event {
     /// The join finished: membership published and media connected.
     Joined,
     /// Another call member appeared (Matrix membership or LiveKit participant), by Matrix user id.
-    MemberJoined { user: String },
+    MemberJoined {
+        user: String,
+    },
     /// Another member left.
-    MemberLeft { user: String },
+    MemberLeft {
+        user: String,
+    },
     /// No valid membership remains except ours, or the SFU deleted the room.
     CallEnded,
     /// Someone else started a call in the room while we are idle.
@@ -130,11 +134,17 @@ pub enum Event {
     NetworkLost,
     NetworkBack,
     /// Joining or the call failed; the message is for status and logs.
-    Failed { reason: String },
+    Failed {
+        reason: String,
+    },
     /// The access token is revoked or expired and could not be refreshed.
-    TokenError { reason: String },
+    TokenError {
+        reason: String,
+    },
     /// An allowed user asked to open the door.
-    DoorOpenRequested { user: String },
+    DoorOpenRequested {
+        user: String,
+    },
     TimerFired(Timer),
     Shutdown,
 }
@@ -173,7 +183,10 @@ pub enum Action {
     StopSound,
     SetLed(LedPattern),
     PulseRelay,
-    ArmTimer { timer: Timer, after: Duration },
+    ArmTimer {
+        timer: Timer,
+        after: Duration,
+    },
     CancelTimer(Timer),
     /// The machine is done (after `Shutdown` once the call is left).
     Exit,
