@@ -527,6 +527,82 @@ async fn keep_alive_reschedules_a_lost_delayed_leave_and_rejoins_a_removed_membe
     side.leave().await.expect("leave");
 }
 
+/// A loopback TCP proxy to the homeserver that can be cut (open connections dropped, new ones
+/// refused) and restored.
+struct Proxy {
+    url: String,
+    up: tokio::sync::watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Proxy {
+    async fn start(target: &str) -> Self {
+        let target = target.trim_start_matches("http://").to_owned();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let (up, up_rx) = tokio::sync::watch::channel(true);
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((mut inbound, _)) = listener.accept().await else {
+                    return;
+                };
+                if !*up_rx.borrow() {
+                    continue; // dropped: connection refused in effect
+                }
+                let mut down = up_rx.clone();
+                let target = target.clone();
+                tokio::spawn(async move {
+                    let Ok(mut outbound) = tokio::net::TcpStream::connect(&target).await else {
+                        return;
+                    };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                        _ = down.wait_for(|up| !*up) => {}
+                    }
+                });
+            }
+        });
+        Self { url, up, task }
+    }
+
+    fn set_up(&self, up: bool) {
+        self.up.send_replace(up);
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn losing_the_homeserver_is_reported_and_so_is_its_return() {
+    let Some(stack) = stack("losing_the_homeserver_is_reported_and_so_is_its_return") else {
+        return;
+    };
+    let proxy = Proxy::start(&stack.info.homeserver_url).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = device_config(&stack, dir.path(), true);
+    cfg.matrix.homeserver = proxy.url.clone();
+    let (side, mut rx) = MatrixSide::start(&cfg).await.expect("device starts");
+    proxy.set_up(false);
+    expect_event(&mut rx, Duration::from_secs(60), |e| {
+        *e == MatrixEvent::ConnectionLost
+    })
+    .await;
+    assert!(
+        session::session_exists(dir.path()),
+        "session kept while offline"
+    );
+    proxy.set_up(true);
+    expect_event(&mut rx, Duration::from_secs(60), |e| {
+        *e == MatrixEvent::ConnectionBack
+    })
+    .await;
+    drop(side);
+}
+
 /// A `tracing` writer into a shared buffer.
 #[derive(Clone, Default)]
 struct Buffer(Arc<Mutex<Vec<u8>>>);

@@ -120,7 +120,9 @@ async fn build_client(cfg: &Config, homeserver: &str) -> Result<Client, MatrixEr
                 .max_retry_time(Duration::from_secs(30))
                 .timeout(Duration::from_secs(30)),
         )
-        .handle_refresh_tokens();
+        .handle_refresh_tokens()
+        // The configured homeserver URL is authoritative (a login answer may name another).
+        .respect_login_well_known(false);
     if let Some(pem) = ca_pem(cfg)? {
         let certs = matrix_sdk::reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| {
             MatrixError::InvalidConfig {
