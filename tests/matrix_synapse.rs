@@ -603,6 +603,54 @@ async fn losing_the_homeserver_is_reported_and_so_is_its_return() {
     drop(side);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn joins_and_rings_in_an_encrypted_room() {
+    let Some(python) = mi_devstack::test_python_or_skip("joins_and_rings_in_an_encrypted_room")
+    else {
+        return;
+    };
+    let stack = DevStack::start(DevStackOptions {
+        python: Some(python),
+        encrypted_room: true,
+        ..Default::default()
+    })
+    .unwrap_or_else(|e| panic!("dev stack: {e}"));
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = device_config(&stack, dir.path(), true);
+    cfg.matrix.room = stack
+        .info
+        .encrypted_room_alias
+        .clone()
+        .expect("encrypted room requested");
+    let room = stack.info.encrypted_room_id.clone().unwrap();
+    let (side, _rx) = MatrixSide::start(&cfg).await.expect("device starts");
+    assert!(side.room_is_encrypted().await);
+    side.join().await.expect("join");
+    let alice = Http::alice(&stack);
+    let key = state_key(side.user_id(), side.device_id());
+    eventually(
+        Duration::from_secs(10),
+        "the membership (state is not encrypted)",
+        || async {
+            alice
+                .membership_of(&room, &key)
+                .await
+                .filter(|e| e["content"]["application"] == "m.call")
+        },
+    )
+    .await;
+    // The ring goes out encrypted, from the device.
+    eventually(Duration::from_secs(15), "the encrypted ring", || async {
+        alice
+            .recent_events(&room)
+            .await
+            .into_iter()
+            .find(|e| e["type"] == "m.room.encrypted" && e["sender"] == json!(side.user_id()))
+    })
+    .await;
+    side.leave().await.expect("leave");
+}
+
 /// A `tracing` writer into a shared buffer.
 #[derive(Clone, Default)]
 struct Buffer(Arc<Mutex<Vec<u8>>>);
