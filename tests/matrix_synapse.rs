@@ -446,6 +446,39 @@ async fn restart_reuses_the_device_and_a_corrupted_session_is_kept_aside() {
         .await
         .unwrap();
     assert_eq!(whoami.status().as_u16(), 401);
+
+    // `login` twice: the second login logs the first device out, the new one works.
+    let cfg = device_config(&stack, dir.path(), false);
+    let password = stack.info.users.intercom.password.expose();
+    let first = matrix_intercom::matrix::login_interactive(&cfg, password)
+        .await
+        .expect("login");
+    let second = matrix_intercom::matrix::login_interactive(&cfg, password)
+        .await
+        .expect("login again");
+    assert_ne!(first.device_id, second.device_id);
+    assert_eq!(session::load(dir.path()).unwrap(), Some(second.clone()));
+    let status_of = |token: String| {
+        let url = format!(
+            "{}/_matrix/client/v3/account/whoami",
+            stack.info.homeserver_url
+        );
+        async move {
+            reqwest::Client::new()
+                .get(url)
+                .bearer_auth(token)
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        }
+    };
+    assert_eq!(status_of(first.access_token.expose().to_owned()).await, 401);
+    assert_eq!(
+        status_of(second.access_token.expose().to_owned()).await,
+        200
+    );
 }
 
 /// The device's delayed events, as the homeserver lists them.

@@ -190,9 +190,15 @@ async fn restore(cfg: &Config, stored: &StoredSession) -> Result<Client, MatrixE
     Ok(client)
 }
 
-/// Logs in with the password once, creating a new device, and stores the session. Any old
-/// session file and store in the state directory are replaced (the old device is gone).
+/// Logs in with the password once, creating a new device, and stores the session. An older
+/// session in the state directory is logged out first (best effort, so its device does not
+/// linger on the account); its file and store are replaced.
 pub async fn login_interactive(cfg: &Config, password: &str) -> Result<StoredSession, MatrixError> {
+    if session::session_exists(&cfg.matrix.state_dir) {
+        if let Err(e) = logout(cfg).await {
+            warn!("could not log out the previous session ({e}); logging in anyway");
+        }
+    }
     let (_client, stored) = login(cfg, password).await?;
     Ok(stored)
 }
