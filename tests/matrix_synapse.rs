@@ -387,6 +387,53 @@ async fn device_sees_residents_join_and_leave_and_the_call_end() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expiring_membership_leaves_without_any_new_event() {
+    let Some(stack) = stack("an_expiring_membership_leaves_without_any_new_event") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = device_config(&stack, dir.path(), true);
+    let (side, mut rx) = MatrixSide::start(&cfg).await.expect("device starts");
+    let room = stack.info.room_id.clone();
+    let alice = Http::alice(&stack);
+    // A membership that expires 4 s after it was sent (a crashed client without delayed events).
+    alice
+        .put_membership(
+            &room,
+            json!({
+                "application": "m.call", "call_id": "", "scope": "m.room",
+                "device_id": alice.device_id, "expires": 4000,
+                "focus_active": {"type": "livekit", "focus_selection": "multi_sfu"},
+                "foci_preferred": [{"type": "livekit",
+                    "livekit_service_url": stack.info.token_service_url, "livekit_alias": room}],
+            }),
+        )
+        .await;
+    let sent = Instant::now();
+    expect_event(&mut rx, Duration::from_secs(10), |e| {
+        *e == MatrixEvent::IncomingCall
+    })
+    .await;
+    let seen = expect_event(&mut rx, Duration::from_secs(15), |e| {
+        *e == MatrixEvent::IncomingCallGone
+    })
+    .await;
+    assert!(
+        seen.contains(&MatrixEvent::MemberLeft {
+            user_id: alice.user_id.clone(),
+            device_id: alice.device_id.clone()
+        }),
+        "{seen:?}"
+    );
+    let took = sent.elapsed();
+    assert!(
+        took >= Duration::from_millis(3500),
+        "gone after {took:?}, before it expired"
+    );
+    assert!(side.members().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn restart_reuses_the_device_and_a_corrupted_session_is_kept_aside() {
     let Some(stack) = stack("restart_reuses_the_device_and_a_corrupted_session_is_kept_aside")
     else {
