@@ -434,6 +434,35 @@ async fn an_expiring_membership_leaves_without_any_new_event() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn join_without_call_permission_says_which_power_level_is_missing() {
+    let Some(stack) = stack("join_without_call_permission_says_which_power_level_is_missing")
+    else {
+        return;
+    };
+    let room = stack.info.room_id.clone();
+    let alice = Http::alice(&stack);
+    let pl_path = format!("/_matrix/client/v3/rooms/{room}/state/m.room.power_levels/");
+    let (status, mut pl) = alice.call(reqwest::Method::GET, &pl_path, None).await;
+    assert_eq!(status, 200, "{pl}");
+    pl["events"][CALL_MEMBER] = json!(50);
+    let (status, v) = alice.call(reqwest::Method::PUT, &pl_path, Some(pl)).await;
+    assert_eq!(status, 200, "{v}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = device_config(&stack, dir.path(), true);
+    let (side, _rx) = MatrixSide::start(&cfg).await.expect("device starts");
+    let err = side.join().await.expect_err("no permission to join");
+    assert!(
+        matches!(err, MatrixError::NoCallPermission { .. }),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains(CALL_MEMBER), "{err}");
+    // Nothing half-done: no membership from the device.
+    let key = state_key(side.user_id(), side.device_id());
+    assert_eq!(alice.membership_of(&room, &key).await, None);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn restart_reuses_the_device_and_a_corrupted_session_is_kept_aside() {
     let Some(stack) = stack("restart_reuses_the_device_and_a_corrupted_session_is_kept_aside")
     else {
