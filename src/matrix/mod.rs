@@ -531,3 +531,26 @@ async fn find_room(client: &Client, room: &str, homeserver: &str) -> Result<Room
         _ => Err(not_in_room()),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn is_send<T: Send>(_: &T) {}
+
+    /// The daemon shares the side across tasks and spawns its futures.
+    #[test]
+    fn side_and_its_futures_can_cross_tasks() {
+        fn is_send_sync<T: Send + Sync>() {}
+        is_send_sync::<MatrixSide>();
+        #[allow(dead_code, unreachable_code, clippy::diverging_sub_expression)]
+        fn futures(side: &'static MatrixSide, cfg: &'static Config) {
+            is_send(&MatrixSide::start(cfg));
+            is_send(&side.join());
+            is_send(&side.leave());
+            is_send(&side.rtc_grant());
+            is_send(&login_interactive(cfg, "pw"));
+            is_send(&logout(cfg));
+        }
+    }
+}
