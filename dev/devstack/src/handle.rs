@@ -3,7 +3,6 @@
 //! drop. Also finds the Python interpreter tests should use. Owns the `mi-devstack` child
 //! process only; everything inside the stack belongs to that process.
 
-use std::io::Read as _;
 use std::net::{IpAddr, TcpListener, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
@@ -106,7 +105,9 @@ pub enum StartError {
     NoPython(String),
     #[error("cannot prepare the stack: {0}")]
     Io(#[from] std::io::Error),
-    #[error("mi-devstack exited ({status}) before writing {out}; last lines of its log:\n{log_tail}")]
+    #[error(
+        "mi-devstack exited ({status}) before writing {out}; last lines of its log:\n{log_tail}"
+    )]
     Exited {
         status: ExitStatus,
         out: PathBuf,
@@ -185,26 +186,21 @@ fn free_ports() -> std::io::Result<(u16, u16, u16, u16)> {
     ))
 }
 
-fn tail(path: &Path, lines: usize) -> String {
-    let mut text = String::new();
-    if let Ok(mut f) = std::fs::File::open(path) {
-        let _ = f.read_to_string(&mut text);
-    }
-    let all: Vec<&str> = text.lines().collect();
-    all[all.len().saturating_sub(lines)..].join("\n")
-}
-
 impl DevStack {
-    /// Runs `mi-devstack` and waits for its stack file (blocking, at most `opts.timeout`).
+    /// Runs `mi-devstack` and waits for its stack file (blocking, at most `opts.timeout`; from
+    /// async code that must keep running meanwhile, call it through
+    /// `tokio::task::spawn_blocking`).
     /// The stack stops when the handle is dropped, or when this process dies (the devstack
     /// runs with `--stop-on-stdin-eof` on a pipe held by the handle).
     pub fn start(opts: DevStackOptions) -> Result<DevStackHandle, StartError> {
         let binary = find_binary(opts.binary)?;
         let python = match opts.python {
             Some(p) => p,
-            None => test_python().map_err(StartError::NoPython)?.ok_or_else(|| {
-                StartError::NoPython("set MI_PYTHON or run scripts/setup.sh".into())
-            })?,
+            None => test_python()
+                .map_err(StartError::NoPython)?
+                .ok_or_else(|| {
+                    StartError::NoPython("set MI_PYTHON or run scripts/setup.sh".into())
+                })?,
         };
         let (temp, dir) = match opts.dir {
             Some(d) => (None, d),
@@ -269,7 +265,7 @@ impl DevStack {
                 return Err(StartError::Exited {
                     status,
                     out: running.out.clone(),
-                    log_tail: tail(&running.log, 30),
+                    log_tail: crate::process::tail(&running.log, 30),
                 });
             }
             // The file is renamed into place, so it is either absent or complete.
@@ -282,7 +278,7 @@ impl DevStack {
                 return Err(StartError::Timeout {
                     out: running.out.clone(),
                     secs: opts.timeout.as_secs(),
-                    log_tail: tail(&running.log, 30),
+                    log_tail: crate::process::tail(&running.log, 30),
                 });
             }
             std::thread::sleep(Duration::from_millis(50));
@@ -349,7 +345,10 @@ impl Running {
 impl Drop for Running {
     fn drop(&mut self) {
         if let Err(e) = self.shutdown() {
-            eprintln!("mi-devstack handle: cannot stop pid {}: {e}", self.child.id());
+            eprintln!(
+                "mi-devstack handle: cannot stop pid {}: {e}",
+                self.child.id()
+            );
         }
     }
 }

@@ -164,7 +164,7 @@ mod tests {
             dir: "/tmp/x".into(),
             server_name: "localhost".into(),
             homeserver_url: "http://127.0.0.1:8008".into(),
-            registration_shared_secret: Secret::new("shared"),
+            registration_shared_secret: Secret::new("SECRET-shared"),
             synapse_log: "/tmp/x/synapse.log".into(),
             users: Users {
                 intercom: user("intercom", false),
@@ -210,7 +210,7 @@ mod tests {
     #[test]
     fn debug_output_hides_secrets() {
         let text = format!("{:?}", sample());
-        for secret in ["pw-alice", "tok-bob", "shared", "\"s\""] {
+        for secret in ["pw-alice", "tok-bob", "SECRET-shared", "\"s\""] {
             assert!(!text.contains(secret), "{secret} leaked in {text}");
         }
     }

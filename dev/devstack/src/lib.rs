@@ -13,6 +13,25 @@
 //!             [--stop-on-stdin-eof] [--synapse-access-log]
 //! ```
 //!
+//! In a test (the `mi-devstack`, `mi-token-service` and `mi-test-sfu` binaries must be built,
+//! e.g. by `cargo test --workspace`; otherwise set `MI_DEVSTACK_BIN`):
+//!
+//! ```no_run
+//! use mi_devstack::{DevStack, DevStackOptions};
+//! # fn main() -> Result<(), mi_devstack::StartError> {
+//! let Some(python) = mi_devstack::test_python_or_skip("door_rings") else { return Ok(()) };
+//! let stack = DevStack::start(DevStackOptions {
+//!     python: Some(python),
+//!     encrypted_room: true,
+//!     ..DevStackOptions::default()
+//! })?;
+//! let hs = &stack.info.homeserver_url;
+//! let device = &stack.info.users.intercom; // log in with device.password.expose()
+//! # let _ = (hs, device);
+//! # Ok(()) }
+//! // Dropping `stack` stops Synapse and the helpers and deletes the temporary directory.
+//! ```
+//!
 //! # The stack file (schema version 1)
 //!
 //! Stable keys; new keys may be added, none renamed or removed without bumping `version`.
@@ -44,13 +63,20 @@
 //!
 //! - `intercom` is the device's account: it has no open session (the device logs in itself
 //!   with the password). Residents have a session of their own for this run.
-//! - Both rooms are private (`private_chat`), created by alice (power 100); bob and intercom are
-//!   joined. Power levels: `events["org.matrix.msc3401.call.member"] = 0` and
+//! - Both rooms are private (`private_chat`), created by alice (the creator: full power, in room
+//!   version 12 not listed in `users`); bob and intercom are joined. Power levels: `events["org.matrix.msc3401.call.member"] = 0` and
 //!   `events["org.matrix.msc4075.rtc.notification"] = 0`, `users_default` 0.
 //! - `encrypted_room_*` are set only with `--encrypted-room` (`m.room.encryption` megolm).
 //! - `pids.token_service` / `pids.sfu` are `null` when that binary was missing and not started
 //!   (the URLs are still filled in: Synapse advertises the token service URL regardless).
 //! - The file is removed when the stack stops.
+//!
+//! Helpers: `mi-test-sfu --listen BIND:SFU_PORT --udp BIND:UDP_PORT --advertise ADVERTISE --key K
+//! --secret S` and `mi-token-service --listen 127.0.0.1:TOKEN_PORT --livekit-url ws://ADVERTISE:SFU_PORT
+//! --livekit-key K --homeserver localhost=http://127.0.0.1:SYNAPSE_PORT --allow-insecure-loopback
+//! --sfu-admin-url http://BIND:SFU_PORT` with `LIVEKIT_SECRET=S` in its environment; both are
+//! ready once they print `listening on`; their output is copied to stderr as `[sfu] …` /
+//! `[token-service] …`. A missing binary is skipped with a loud warning.
 //!
 //! Synapse: `server_name` `localhost`, sqlite, one listener on 127.0.0.1 with `client`,
 //! `federation` and `openid`; `experimental_features.msc4143_enabled`/`msc4222_enabled`,
@@ -60,6 +86,7 @@
 //! survive, users log in again, the rooms are found by alias.
 
 pub mod handle;
+pub mod helpers;
 pub mod info;
 pub mod matrix;
 pub mod ports;

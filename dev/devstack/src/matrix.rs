@@ -278,10 +278,11 @@ impl Homeserver {
 }
 
 fn session(what: &'static str, answer: Value) -> Result<Session, MatrixError> {
-    let body: SessionBody = serde_json::from_value(answer).map_err(|e| MatrixError::BadResponse {
-        what,
-        detail: format!("no session in answer: {e}"),
-    })?;
+    let body: SessionBody =
+        serde_json::from_value(answer).map_err(|e| MatrixError::BadResponse {
+            what,
+            detail: format!("no session in answer: {e}"),
+        })?;
     Ok(Session {
         user_id: body.user_id,
         access_token: Secret::new(body.access_token),
@@ -344,7 +345,14 @@ mod tests {
     #[test]
     fn paths_escape_room_ids_and_aliases() {
         let hs = Homeserver::new(reqwest::Client::new(), "http://127.0.0.1:8008").unwrap();
-        let url = hs.url(&["_matrix", "client", "v3", "directory", "room", "#door:localhost"]);
+        let url = hs.url(&[
+            "_matrix",
+            "client",
+            "v3",
+            "directory",
+            "room",
+            "#door:localhost",
+        ]);
         assert_eq!(
             url.as_str(),
             "http://127.0.0.1:8008/_matrix/client/v3/directory/room/%23door:localhost"

@@ -17,11 +17,19 @@ pub struct PortUse {
 /// A port cannot be used.
 #[derive(Debug, thiserror::Error)]
 pub enum PortError {
-    #[error("{proto} port {port} on {ip} (for {what}) is already in use ({source}); stop whatever holds it or pick another port with {flag}")]
+    #[error("{proto} port {port} on {ip} (for {what}) is already in use; stop whatever holds it or pick another port with {flag}")]
     InUse {
         proto: &'static str,
         port: u16,
         ip: std::net::IpAddr,
+        what: &'static str,
+        flag: &'static str,
+        source: std::io::Error,
+    },
+    #[error("cannot bind {proto} {addr} (for {what}); is that an address of this machine? Change the address, or the port with {flag}")]
+    Unusable {
+        proto: &'static str,
+        addr: SocketAddr,
         what: &'static str,
         flag: &'static str,
         source: std::io::Error,
@@ -53,13 +61,23 @@ pub fn check_free(uses: &[PortUse]) -> Result<(), PortError> {
         } else {
             TcpListener::bind(u.addr).map(drop)
         };
-        result.map_err(|source| PortError::InUse {
-            proto: if u.udp { "UDP" } else { "TCP" },
-            port: u.addr.port(),
-            ip: u.addr.ip(),
-            what: u.what,
-            flag: u.flag,
-            source,
+        let proto = if u.udp { "UDP" } else { "TCP" };
+        result.map_err(|source| match source.kind() {
+            std::io::ErrorKind::AddrInUse => PortError::InUse {
+                proto,
+                port: u.addr.port(),
+                ip: u.addr.ip(),
+                what: u.what,
+                flag: u.flag,
+                source,
+            },
+            _ => PortError::Unusable {
+                proto,
+                addr: u.addr,
+                what: u.what,
+                flag: u.flag,
+                source,
+            },
         })?;
     }
     Ok(())

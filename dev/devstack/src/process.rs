@@ -80,7 +80,10 @@ pub fn spawn(
             cmd.stdout(file.try_clone()?).stderr(file);
         }
         Output::Forward { .. } => {
-            cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+            // The lines end up in a terminal or a log file after our prefix: no colour codes.
+            cmd.stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .env("NO_COLOR", "1");
         }
     }
     let mut child = cmd.spawn()?;
@@ -96,6 +99,7 @@ pub fn spawn(
         ready = Some(rx);
     }
     let pid = child.id();
+    eprintln!("mi-devstack: started {name} (pid {pid})");
     let status = Arc::new(Mutex::new(None));
     let status_w = status.clone();
     std::thread::Builder::new()
@@ -114,7 +118,12 @@ pub fn spawn(
 
 type ReadySender = Arc<Mutex<Option<oneshot::Sender<String>>>>;
 
-fn forward(name: &'static str, stream: impl Read + Send + 'static, marker: &'static str, tx: ReadySender) {
+fn forward(
+    name: &'static str,
+    stream: impl Read + Send + 'static,
+    marker: &'static str,
+    tx: ReadySender,
+) {
     let spawned = std::thread::Builder::new()
         .name(format!("out-{name}"))
         .spawn(move || {
@@ -131,6 +140,14 @@ fn forward(name: &'static str, stream: impl Read + Send + 'static, marker: &'sta
     if let Err(e) = spawned {
         eprintln!("mi-devstack: cannot forward the output of {name}: {e}");
     }
+}
+
+/// The last `lines` lines of a text file (empty if it cannot be read), for error messages.
+pub fn tail(path: &Path, lines: usize) -> String {
+    let text = std::fs::read(path).unwrap_or_default();
+    let text = String::from_utf8_lossy(&text);
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
 }
 
 /// Describes an exit status for people.
@@ -200,7 +217,15 @@ mod tests {
         let mut cmd = Command::new("sh");
         // A grandchild that would survive if only the direct child were killed.
         cmd.args(["-c", "sleep 300 & echo ready; wait"]);
-        let started = spawn("sh", cmd, Output::Forward { ready_marker: "ready" }, tx).unwrap();
+        let started = spawn(
+            "sh",
+            cmd,
+            Output::Forward {
+                ready_marker: "ready",
+            },
+            tx,
+        )
+        .unwrap();
         let line = tokio::time::timeout(Duration::from_secs(10), started.ready.unwrap())
             .await
             .unwrap()

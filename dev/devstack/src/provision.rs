@@ -110,7 +110,10 @@ async fn session(
     cred: &Credential,
     creds_path: &Path,
 ) -> Result<Session, ProvisionError> {
-    match hs.register(shared_secret, localpart, &cred.password, false).await {
+    match hs
+        .register(shared_secret, localpart, &cred.password, false)
+        .await
+    {
         Ok(session) => Ok(session),
         Err(e) if e.errcode() == Some("M_USER_IN_USE") => {
             let user_id = format!("@{localpart}:{server_name}");
@@ -137,7 +140,15 @@ pub async fn provision(
 ) -> Result<Provisioned, ProvisionError> {
     let path = dir.join(CREDENTIALS_FILE);
     let mut creds = load_or_create(&path)?;
-    let intercom = session(hs, shared_secret, server_name, "intercom", &creds.intercom, &path).await?;
+    let intercom = session(
+        hs,
+        shared_secret,
+        server_name,
+        "intercom",
+        &creds.intercom,
+        &path,
+    )
+    .await?;
     let alice = session(hs, shared_secret, server_name, "alice", &creds.alice, &path).await?;
     let bob = session(hs, shared_secret, server_name, "bob", &creds.bob, &path).await?;
     creds.alice.device_id = Some(alice.device_id.clone());
@@ -152,8 +163,14 @@ pub async fn provision(
                 Some(id) => id,
                 None => {
                     let invite = [intercom.user_id.as_str(), bob.user_id.as_str()];
-                    hs.create_room(&alice.access_token, alias_localpart, name, &invite, encrypted)
-                        .await?
+                    hs.create_room(
+                        &alice.access_token,
+                        alias_localpart,
+                        name,
+                        &invite,
+                        encrypted,
+                    )
+                    .await?
                 }
             };
             hs.join(&bob.access_token, &room_id).await?;

@@ -3,7 +3,6 @@
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::Duration;
 
 use anyhow::{bail, Context as _};
@@ -11,6 +10,7 @@ use matrix_intercom::secret::Secret;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::{mpsc, oneshot};
 
+use crate::helpers::{self, HelperSettings, READY_MARKER};
 use crate::info::{LiveKit, Pids, StackInfo, SCHEMA_VERSION};
 use crate::matrix::Homeserver;
 use crate::ports::{check_free, PortUse};
@@ -20,8 +20,6 @@ use crate::{provision, random};
 
 /// Matrix server name of the dev homeserver.
 pub const SERVER_NAME: &str = "localhost";
-/// Line the token service and SFU print once they accept connections.
-const READY_MARKER: &str = "listening on";
 const SYNAPSE_TIMEOUT: Duration = Duration::from_secs(90);
 const HELPER_TIMEOUT: Duration = Duration::from_secs(30);
 const STOP_GRACE: Duration = Duration::from_secs(10);
@@ -99,16 +97,6 @@ impl Drop for RemoveOnDrop {
     }
 }
 
-fn helper_binary(flag: Option<PathBuf>, name: &str) -> anyhow::Result<PathBuf> {
-    match flag {
-        Some(path) => Ok(path),
-        None => {
-            let exe = std::env::current_exe().context("cannot find this executable's path")?;
-            Ok(exe.with_file_name(name))
-        }
-    }
-}
-
 fn http_url(ip: IpAddr, port: u16) -> String {
     format!("http://{}", SocketAddr::new(ip, port))
 }
@@ -151,13 +139,16 @@ async fn start(
         bail!("Python {} does not exist; pass --python or set MI_PYTHON to the python of a venv with matrix-synapse", python.display());
     }
     let advertise = cli.sfu_advertise.unwrap_or(cli.sfu_bind);
+    if advertise.is_unspecified() {
+        bail!("the SFU would advertise {advertise}, which clients cannot reach; give --sfu-advertise IP (or bind to a specific address with --sfu-bind)");
+    }
     let sfu_admin_ip = if cli.sfu_bind.is_unspecified() {
         IpAddr::V4(Ipv4Addr::LOCALHOST)
     } else {
         cli.sfu_bind
     };
-    let token_bin = helper_binary(cli.token_service.clone(), "mi-token-service")?;
-    let sfu_bin = helper_binary(cli.sfu.clone(), "mi-test-sfu")?;
+    let token_bin = helpers::binary(cli.token_service.as_deref(), "mi-token-service")?;
+    let sfu_bin = helpers::binary(cli.sfu.as_deref(), "mi-test-sfu")?;
     for (bin, name, flag) in [
         (&token_bin, "mi-token-service", "--token-service"),
         (&sfu_bin, "mi-test-sfu", "--sfu"),
@@ -170,35 +161,7 @@ async fn start(
     let start_sfu = sfu_bin.exists();
 
     let loopback = IpAddr::V4(Ipv4Addr::LOCALHOST);
-    let mut ports = vec![PortUse {
-        addr: SocketAddr::new(loopback, cli.synapse_port),
-        udp: false,
-        what: "Synapse",
-        flag: "--synapse-port",
-    }];
-    if start_token {
-        ports.push(PortUse {
-            addr: SocketAddr::new(loopback, cli.token_port),
-            udp: false,
-            what: "the token service",
-            flag: "--token-port",
-        });
-    }
-    if start_sfu {
-        ports.push(PortUse {
-            addr: SocketAddr::new(cli.sfu_bind, cli.sfu_port),
-            udp: false,
-            what: "the SFU",
-            flag: "--sfu-port",
-        });
-        ports.push(PortUse {
-            addr: SocketAddr::new(cli.sfu_bind, cli.sfu_udp_port),
-            udp: true,
-            what: "the SFU media",
-            flag: "--sfu-udp-port",
-        });
-    }
-    check_free(&ports)?;
+    check_free(&port_uses(cli, start_token, start_sfu))?;
 
     std::fs::create_dir_all(&cli.dir)
         .with_context(|| format!("cannot create --dir {}", cli.dir.display()))?;
@@ -237,48 +200,49 @@ async fn start(
     let synapse_pid = synapse_child.child.pid;
     children.0.push(synapse_child.child);
 
+    let helper_settings = HelperSettings {
+        sfu_listen: SocketAddr::new(cli.sfu_bind, cli.sfu_port),
+        sfu_udp: SocketAddr::new(cli.sfu_bind, cli.sfu_udp_port),
+        sfu_advertise: advertise,
+        token_listen: SocketAddr::new(loopback, cli.token_port),
+        livekit_url: &livekit_url,
+        livekit_key: &livekit_key,
+        livekit_secret: &livekit_secret,
+        server_name: SERVER_NAME,
+        homeserver_url: &homeserver_url,
+        sfu_admin_url: &sfu_admin_url,
+    };
     let mut waits: Vec<(&'static str, oneshot::Receiver<String>)> = Vec::new();
-    let mut sfu_pid = None;
-    if start_sfu {
-        let mut cmd = Command::new(&sfu_bin);
-        cmd.arg("--listen")
-            .arg(SocketAddr::new(cli.sfu_bind, cli.sfu_port).to_string())
-            .arg("--udp")
-            .arg(SocketAddr::new(cli.sfu_bind, cli.sfu_udp_port).to_string())
-            .arg("--advertise")
-            .arg(advertise.to_string())
-            .arg("--key")
-            .arg(&livekit_key)
-            .arg("--secret")
-            .arg(livekit_secret.expose());
-        let started = process::spawn("sfu", cmd, forward(), exit_tx.clone())
-            .with_context(|| format!("cannot run {}", sfu_bin.display()))?;
-        sfu_pid = Some(started.child.pid);
-        waits.extend(started.ready.map(|r| ("sfu", r)));
-        children.0.push(started.child);
+    let mut pids = [None, None];
+    for (i, (run, name, bin, cmd)) in [
+        (
+            start_sfu,
+            "sfu",
+            &sfu_bin,
+            helpers::sfu_command(&sfu_bin, &helper_settings),
+        ),
+        (
+            start_token,
+            "token-service",
+            &token_bin,
+            helpers::token_service_command(&token_bin, &helper_settings),
+        ),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        if run {
+            let output = Output::Forward {
+                ready_marker: READY_MARKER,
+            };
+            let started = process::spawn(name, cmd, output, exit_tx.clone())
+                .with_context(|| format!("cannot run {}", bin.display()))?;
+            pids[i] = Some(started.child.pid);
+            waits.extend(started.ready.map(|r| (name, r)));
+            children.0.push(started.child);
+        }
     }
-    let mut token_pid = None;
-    if start_token {
-        let mut cmd = Command::new(&token_bin);
-        cmd.arg("--listen")
-            .arg(SocketAddr::new(loopback, cli.token_port).to_string())
-            .arg("--livekit-url")
-            .arg(&livekit_url)
-            .arg("--livekit-key")
-            .arg(&livekit_key)
-            .arg("--livekit-secret")
-            .arg(livekit_secret.expose())
-            .arg("--homeserver")
-            .arg(format!("{SERVER_NAME}={homeserver_url}"))
-            .arg("--allow-insecure-loopback")
-            .arg("--sfu-admin-url")
-            .arg(&sfu_admin_url);
-        let started = process::spawn("token-service", cmd, forward(), exit_tx.clone())
-            .with_context(|| format!("cannot run {}", token_bin.display()))?;
-        token_pid = Some(started.child.pid);
-        waits.extend(started.ready.map(|r| ("token-service", r)));
-        children.0.push(started.child);
-    }
+    let [sfu_pid, token_pid] = pids;
 
     let http = reqwest::Client::builder()
         .no_proxy()
@@ -286,8 +250,14 @@ async fn start(
         .build()
         .context("cannot build the HTTP client")?;
     let synapse_status = || children.0[0].exit_status().map(process::describe);
-    let took = synapse::wait_ready(&http, &homeserver_url, &dir, SYNAPSE_TIMEOUT, synapse_status)
-        .await?;
+    let took = synapse::wait_ready(
+        &http,
+        &homeserver_url,
+        &dir,
+        SYNAPSE_TIMEOUT,
+        synapse_status,
+    )
+    .await?;
     println!("synapse ready in {:.1} s", took.as_secs_f64());
     for (name, ready) in waits {
         match tokio::time::timeout(HELPER_TIMEOUT, ready).await {
@@ -298,8 +268,8 @@ async fn start(
     }
 
     let hs = Homeserver::new(http, &homeserver_url)?;
-    let made = provision::provision(&hs, &dir, SERVER_NAME, &shared_secret, cli.encrypted_room)
-        .await?;
+    let made =
+        provision::provision(&hs, &dir, SERVER_NAME, &shared_secret, cli.encrypted_room).await?;
     let (encrypted_room_id, encrypted_room_alias) = made.encrypted_room.unzip();
     let info = StackInfo {
         version: SCHEMA_VERSION,
@@ -333,15 +303,47 @@ async fn start(
         info.homeserver_url,
         info.room_alias,
         info.room_id,
-        if start_token && start_sfu { "" } else { " -- WITHOUT token service and/or SFU, see warnings above" }
+        if start_token && start_sfu {
+            ""
+        } else {
+            " -- WITHOUT token service and/or SFU, see warnings above"
+        }
     );
     Ok((info, out))
 }
 
-fn forward() -> Output<'static> {
-    Output::Forward {
-        ready_marker: READY_MARKER,
+/// The ports the stack is about to use (the helpers' only if they are started).
+fn port_uses(cli: &Cli, start_token: bool, start_sfu: bool) -> Vec<PortUse> {
+    let loopback = IpAddr::V4(Ipv4Addr::LOCALHOST);
+    let mut ports = vec![PortUse {
+        addr: SocketAddr::new(loopback, cli.synapse_port),
+        udp: false,
+        what: "Synapse",
+        flag: "--synapse-port",
+    }];
+    if start_token {
+        ports.push(PortUse {
+            addr: SocketAddr::new(loopback, cli.token_port),
+            udp: false,
+            what: "the token service",
+            flag: "--token-port",
+        });
     }
+    if start_sfu {
+        ports.push(PortUse {
+            addr: SocketAddr::new(cli.sfu_bind, cli.sfu_port),
+            udp: false,
+            what: "the SFU",
+            flag: "--sfu-port",
+        });
+        ports.push(PortUse {
+            addr: SocketAddr::new(cli.sfu_bind, cli.sfu_udp_port),
+            udp: true,
+            what: "the SFU media",
+            flag: "--sfu-udp-port",
+        });
+    }
+    ports
 }
 
 /// SIGTERM, SIGINT and (optionally) end of stdin.
@@ -389,7 +391,7 @@ impl StopRequests {
     }
 }
 
-/// Used by tests of [`crate::DevStack`]: the default stack file of a working directory.
+/// The stack file of a working directory when `--out` is not given.
 pub fn default_out(dir: &Path) -> PathBuf {
     dir.join("stack.json")
 }

@@ -47,13 +47,16 @@ pub enum SynapseError {
     },
     #[error("cannot read random bytes for the signing key: {0}")]
     Random(std::io::Error),
-    #[error("Synapse exited during start-up ({status}); see {output} and {log}")]
+    #[error("Synapse exited during start-up ({status}); see {output} and {log}; its last output:\n{output_tail}")]
     Exited {
         status: String,
         output: PathBuf,
         log: PathBuf,
+        output_tail: String,
     },
-    #[error("Synapse did not answer /_matrix/client/versions within {secs} s; see {output} and {log}")]
+    #[error(
+        "Synapse did not answer /_matrix/client/versions within {secs} s; see {output} and {log}"
+    )]
     NotReady {
         secs: u64,
         output: PathBuf,
@@ -154,11 +157,9 @@ pub fn write_files(s: &SynapseSettings<'_>) -> Result<(), SynapseError> {
             "ed25519 a_{version} {}\n",
             base64::engine::general_purpose::STANDARD_NO_PAD.encode(seed)
         );
-        write_private_atomic(&key_path, line.as_bytes()).map_err(|source| {
-            SynapseError::Write {
-                path: key_path.clone(),
-                source,
-            }
+        write_private_atomic(&key_path, line.as_bytes()).map_err(|source| SynapseError::Write {
+            path: key_path.clone(),
+            source,
         })?;
     }
     Ok(())
@@ -201,13 +202,10 @@ pub async fn wait_ready(
                 status,
                 output: dir.join(OUTPUT_FILE),
                 log: dir.join(LOG_FILE),
+                output_tail: crate::process::tail(&dir.join(OUTPUT_FILE), 15),
             });
         }
-        let probe = http
-            .get(&url)
-            .timeout(Duration::from_secs(2))
-            .send()
-            .await;
+        let probe = http.get(&url).timeout(Duration::from_secs(2)).send().await;
         if matches!(probe, Ok(ref r) if r.status().is_success()) {
             return Ok(start.elapsed());
         }
