@@ -143,12 +143,14 @@ async fn no_token_jwt_or_delay_id_in_a_trace_log() {
     };
     let buffer = Buffer::default();
     let writer = buffer.clone();
-    let subscriber = tracing_subscriber::fmt()
+    // Global (all threads, including the store's blocking pool) and bridging the `log` crate
+    // (reqwest, hyper), as the daemon's logger does.
+    tracing_subscriber::fmt()
         .with_max_level(tracing::Level::TRACE)
         .with_ansi(false)
         .with_writer(move || writer.clone())
-        .finish();
-    let _guard = tracing::subscriber::set_default(subscriber);
+        .try_init()
+        .expect("only this test installs a global logger");
 
     let dir = tempfile::tempdir().unwrap();
     let cfg = device_config(&stack, dir.path(), true);
