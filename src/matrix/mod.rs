@@ -1,10 +1,21 @@
 //! The Matrix side: stored session, login/logout, sync, who is in the room's call, the
-//! device's MatrixRTC membership and the LiveKit token service (issue [matrix]).
+//! device's MatrixRTC membership and the LiveKit token service (issue `[matrix]`).
 //!
 //! Owns everything that talks to the homeserver and the token service. It does not decide
 //! what the device does (that is the call machine's job: it gets [`MatrixEvent`]s and calls
 //! [`MatrixSide::join`]/[`MatrixSide::leave`]) and never touches media, audio or GPIO.
 //! Secrets (tokens, JWTs, delay ids) are held in [`Secret`]s and never logged.
+//!
+//! Use from the daemon:
+//! - [`MatrixSide::start`] restores `<state_dir>/session.json` (or logs in once with
+//!   `matrix.password`), does a first sync (so it needs the homeserver: on an error with
+//!   [`MatrixError::is_transient`] retry with backoff), resolves the room and starts syncing.
+//!   The receiver yields [`MatrixEvent`]s for the call machine.
+//! - Button pressed: [`MatrixSide::join`] (delayed leave, membership, keep-alive, ring when
+//!   first), then [`MatrixSide::rtc_grant`] for the media side (a fresh JWT per connect).
+//! - [`MatrixSide::leave`] when the call is over. Dropping the side without leaving is a crash
+//!   as far as the room is concerned: the membership disappears ~10 s later.
+//! - CLI: [`login_interactive`], [`logout`], [`session_exists`].
 
 mod client;
 pub mod error;
