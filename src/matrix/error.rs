@@ -139,6 +139,11 @@ pub enum MatrixError {
     TokenServiceGarbage { url: String, reason: String },
     #[error("cannot reach the token service at {url}: {reason}")]
     TokenServiceUnreachable { url: String, reason: String },
+    #[error("the device may not send call memberships in room {room} ({refusal}); give it the power level for `org.matrix.msc3401.call.member` (Element shows calls only when that level is 0)")]
+    NoCallPermission {
+        room: String,
+        refusal: ServerRefusal,
+    },
     #[error("not in a call: join first")]
     NotJoined,
     #[error("Matrix client error: {0}")]

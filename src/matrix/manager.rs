@@ -133,6 +133,12 @@ impl MembershipCtx {
                     warn!(?wait, "rate limited scheduling the delayed leave");
                     tokio::time::sleep(wait).await;
                 }
+                Err(HttpFailure::Refused(r)) if r.is("M_FORBIDDEN") => {
+                    return Err(MatrixError::NoCallPermission {
+                        room: self.params.room_id.clone(),
+                        refusal: r,
+                    });
+                }
                 Err(HttpFailure::Refused(r)) if r.is("M_UNRECOGNIZED") => {
                     warn!("the homeserver does not support delayed events (MSC4140): {r}");
                     return Ok(None);
@@ -230,7 +236,17 @@ impl MembershipCtx {
             .room
             .send_state_event_raw(CALL_MEMBER_TYPE, &self.state_key(), content)
             .await
-            .map_err(|e| MatrixError::from_sdk("the call membership", &self.homeserver, &e))?;
+            .map_err(|e| {
+                match MatrixError::from_sdk("the call membership", &self.homeserver, &e) {
+                    MatrixError::Homeserver { refusal, .. } if refusal.is("M_FORBIDDEN") => {
+                        MatrixError::NoCallPermission {
+                            room: self.params.room_id.clone(),
+                            refusal,
+                        }
+                    }
+                    other => other,
+                }
+            })?;
         Ok(resp.event_id.to_string())
     }
 

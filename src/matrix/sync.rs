@@ -158,11 +158,13 @@ impl SyncLoop {
     async fn refresh_members(&self, tracker: &mut CallTracker) {
         match current_members(&self.room).await {
             Ok(members) => {
-                for e in tracker.update(&members, self.joined.load(Ordering::SeqCst)) {
+                let changes = tracker.update(&members, self.joined.load(Ordering::SeqCst));
+                // The list is current before anyone hears about a change.
+                self.members.send_replace(members);
+                for e in changes {
                     debug!(?e, "call change");
                     self.emit(e).await;
                 }
-                self.members.send_replace(members);
             }
             Err(e) => warn!("cannot read the room state from the store: {e}"),
         }
