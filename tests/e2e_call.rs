@@ -8,7 +8,7 @@
 mod support;
 
 use mi_devstack::{DevStack, DevStackHandle, DevStackOptions};
-use mi_test_sfu::testkit::{http_request, start_peer, LineProcess, NetnsPair, PeerSpec};
+use mi_test_sfu::testkit::{start_peer, LineProcess, NetnsPair, PeerSpec};
 use serde_json::{json, Value};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -59,27 +59,30 @@ impl World {
         token: Option<&str>,
         body: Value,
     ) -> (u16, Value) {
-        let addr = base
-            .trim_start_matches("http://")
-            .trim_end_matches('/')
-            .to_owned();
-        let (method, path, token) = (method.to_owned(), path.to_owned(), token.map(str::to_owned));
-        let body = if body.is_null() {
-            Vec::new()
-        } else {
-            body.to_string().into_bytes()
-        };
-        let (status, text) = NetnsPair::run_in(&self.net.sfu_ns, move || {
-            let auth = token.map(|t| format!("Bearer {t}"));
-            let mut headers = vec![("Content-Type", "application/json")];
-            if let Some(a) = &auth {
-                headers.push(("Authorization", a.as_str()));
-            }
-            http_request(&addr, &method, &path, &headers, &body)
+        let url = format!("{}{path}", base.trim_end_matches('/'));
+        let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
+        let token = token.map(str::to_owned);
+        NetnsPair::run_in(&self.net.sfu_ns, move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async move {
+                let mut req = reqwest::Client::new()
+                    .request(method, &url)
+                    .timeout(Duration::from_secs(10));
+                if let Some(t) = token {
+                    req = req.bearer_auth(t);
+                }
+                if !body.is_null() {
+                    req = req.json(&body);
+                }
+                let resp = req.send().await.expect("HTTP request");
+                let status = resp.status().as_u16();
+                (status, resp.json::<Value>().await.unwrap_or(Value::Null))
+            })
         })
         .expect("namespace")
-        .expect("HTTP request");
-        (status, serde_json::from_str(&text).unwrap_or(Value::Null))
     }
 
     fn alice_token(&self) -> String {
@@ -229,6 +232,8 @@ impl Daemon {
                 "[matrix]\nhomeserver = {hs:?}\nuser_id = {user:?}\npassword = {pw:?}\nroom = {room:?}\nstate_dir = {state:?}\n\
                  [button]\nenabled = false\n\
                  [audio]\ncapture = \"e2e_mic\"\nplayback = \"e2e_speaker\"\nwall_clock = true\n\
+                 # A steady test tone is exactly what a noise suppressor removes.\n\
+                 noise_suppression = false\nauto_gain = false\n\
                  [call]\nring_timeout_s = {ring_timeout_s}\nleave_when_alone_s = {leave_when_alone_s}\n\
                  [control]\nsocket = {sock:?}\n",
                 hs = info.homeserver_url,

@@ -31,8 +31,12 @@ pub fn timings(call: &CallConfig) -> Timings {
     }
 }
 
+/// The state as `ctl status` and systemd show it (`in_call`, `ringing`, ...).
 fn state_name(status: &MachineStatus) -> String {
-    format!("{:?}", status.state).to_lowercase()
+    serde_json::to_value(status.state)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_owned))
+        .unwrap_or_default()
 }
 
 /// The outputs: LED and door relay, each optional.
@@ -168,6 +172,8 @@ pub async fn run(loaded: LoadedConfig) -> anyhow::Result<()> {
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut watchdog = crate::systemd::watchdog_interval().map(tokio::time::interval);
+    // Keeps uptime and call duration in `ctl status` current between events.
+    let mut refresh = tokio::time::interval(Duration::from_secs(1));
     crate::systemd::notify(&format!(
         "READY=1\nSTATUS={}",
         state_name(&machine.status())
@@ -216,6 +222,10 @@ pub async fn run(loaded: LoadedConfig) -> anyhow::Result<()> {
             },
             _ = async { watchdog.as_mut().expect("guarded").tick().await }, if watchdog.is_some() => {
                 crate::systemd::notify("WATCHDOG=1");
+                continue;
+            }
+            _ = refresh.tick() => {
+                status_tx.send_replace(status_of(&machine.status(), driver.is_some()));
                 continue;
             }
             _ = sigterm.recv() => Event::Shutdown,
