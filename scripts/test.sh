@@ -24,7 +24,7 @@ step "build (host: device binary and dev helpers)"
 cargo build --workspace --bins --tests
 
 step "tests (host)"
-cargo test --workspace
+cargo test --workspace --no-fail-fast
 
 step "unit tests on aarch64 under qemu-user"
 cargo test --lib --target aarch64-unknown-linux-gnu

@@ -140,6 +140,9 @@ async fn start_matrix(
 
 /// Runs until SIGTERM/SIGINT (leaving any call first).
 pub async fn run(loaded: LoadedConfig) -> anyhow::Result<()> {
+    // First, so that a SIGTERM during start-up is a clean shutdown too.
+    let mut sigterm = signal(SignalKind::terminate())?;
+    let mut sigint = signal(SignalKind::interrupt())?;
     let cfg = loaded.config;
     let started = Instant::now();
     let mut machine = CallMachine::new(timings(&cfg.call));
@@ -169,8 +172,6 @@ pub async fn run(loaded: LoadedConfig) -> anyhow::Result<()> {
     tokio::spawn(start_matrix(cfg.clone(), reports_tx.clone(), matrix_tx));
     let mut driver: Option<CallDriver> = None;
     let mut presence = Presence::default();
-    let mut sigterm = signal(SignalKind::terminate())?;
-    let mut sigint = signal(SignalKind::interrupt())?;
     let mut watchdog = crate::systemd::watchdog_interval().map(tokio::time::interval);
     // Keeps uptime and call duration in `ctl status` current between events.
     let mut refresh = tokio::time::interval(Duration::from_secs(1));
