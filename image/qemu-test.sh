@@ -16,8 +16,8 @@
 # busybox, gpiod, aplay) are fetched with `apt-get download` into ${MI_CACHE:-.cache}/qemu.
 #
 # Usage: image/qemu-test.sh            (as root: network namespaces)
-# Env:   MI_QEMU_BIN=path   aarch64 matrix-intercom binary (default: the release or debug cross
-#                           build in $CARGO_TARGET_DIR or target/, if present)
+# Env:   MI_QEMU_BIN=path   aarch64 matrix-intercom binary (default: the newer of the release and
+#                           debug cross builds in $CARGO_TARGET_DIR or target/, if present)
 #        MI_QEMU_REQUIRE_BIN=1   fail instead of skipping the binary checks when there is none
 #        MI_QEMU_TIMEOUT=secs    bound for the whole guest run (default 240)
 #        MI_QEMU_KEEP=1          keep the work directory (console log, out.wav, initramfs)
@@ -123,8 +123,9 @@ cp -r /usr/share/alsa "$root/usr/share/alsa"
 # our binary, if there is one
 bin=${MI_QEMU_BIN:-}
 if [[ -z $bin ]]; then
+    # the newer of the release and debug cross builds
     for c in "${CARGO_TARGET_DIR:-$repo/target}"/aarch64-unknown-linux-gnu/{release,debug}/matrix-intercom; do
-        [[ -x $c ]] && { bin=$c; break; }
+        [[ -x $c && ( -z $bin || $c -nt $bin ) ]] && bin=$c
     done
 fi
 if [[ -n $bin ]]; then
