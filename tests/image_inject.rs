@@ -8,14 +8,14 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 fn script(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("image").join(name)
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("image")
+        .join(name)
 }
 
 fn run(cmd: &mut Command) -> Output {
-    let out = cmd
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e} (run scripts/setup.sh)"));
-    out
+    cmd.output()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e} (run scripts/setup.sh)"))
 }
 
 fn ok(cmd: &mut Command) -> String {
@@ -45,7 +45,11 @@ fn read_back(img: &Path, name: &str) -> Vec<u8> {
         .arg("-i")
         .arg(format!("{}@@{BOOT_OFFSET}", img.display()))
         .arg(format!("::{name}")));
-    assert!(out.status.success(), "mtype: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "mtype: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     out.stdout
 }
 
@@ -58,8 +62,13 @@ fn injected_file_is_in_the_boot_partition_and_the_root_partition_is_untouched() 
     let text = "[matrix]\nhomeserver = \"https://matrix.example.org\"\npassword = \"p\"\n";
     fs::write(&file, text).unwrap();
 
-    let said = ok(Command::new(script("inject-provisioning.sh")).arg(&img).arg(&file));
-    assert!(said.contains(&format!("byte offset {BOOT_OFFSET}")), "{said}");
+    let said = ok(Command::new(script("inject-provisioning.sh"))
+        .arg(&img)
+        .arg(&file));
+    assert!(
+        said.contains(&format!("byte offset {BOOT_OFFSET}")),
+        "{said}"
+    );
     assert_eq!(read_back(&img, "matrix-intercom.toml"), text.as_bytes());
     assert_eq!(
         &fs::read(&img).unwrap()[ROOT_OFFSET as usize..],
@@ -70,7 +79,9 @@ fn injected_file_is_in_the_boot_partition_and_the_root_partition_is_untouched() 
     // a second injection replaces the file (no prompt, no duplicate)
     let text2 = "[matrix]\nhomeserver = \"https://other.example.org\"\n";
     fs::write(&file, text2).unwrap();
-    ok(Command::new(script("inject-provisioning.sh")).arg(&img).arg(&file));
+    ok(Command::new(script("inject-provisioning.sh"))
+        .arg(&img)
+        .arg(&file));
     assert_eq!(read_back(&img, "matrix-intercom.toml"), text2.as_bytes());
     let listing = ok(Command::new("mdir")
         .env("MTOOLS_SKIP_CHECK", "1")
@@ -78,7 +89,11 @@ fn injected_file_is_in_the_boot_partition_and_the_root_partition_is_untouched() 
         .arg("-i")
         .arg(format!("{}@@{BOOT_OFFSET}", img.display()))
         .arg("::"));
-    assert_eq!(listing.matches("matrix-intercom.toml").count(), 1, "{listing}");
+    assert_eq!(
+        listing.matches("matrix-intercom.toml").count(),
+        1,
+        "{listing}"
+    );
 }
 
 #[test]
@@ -90,7 +105,9 @@ fn images_without_a_fat_partition_are_refused_with_a_reason() {
     // no partition table at all
     let blank = dir.path().join("blank.img");
     fs::write(&blank, vec![0u8; 1 << 20]).unwrap();
-    let out = run(Command::new(script("inject-provisioning.sh")).arg(&blank).arg(&file));
+    let out = run(Command::new(script("inject-provisioning.sh"))
+        .arg(&blank)
+        .arg(&file));
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("no readable partition table"), "{err}");
@@ -99,7 +116,10 @@ fn images_without_a_fat_partition_are_refused_with_a_reason() {
     let linux = dir.path().join("linux.img");
     fs::write(&linux, vec![0u8; 4 << 20]).unwrap();
     let mut sfdisk = Command::new("sfdisk");
-    sfdisk.arg("-q").arg(&linux).stdin(std::process::Stdio::piped());
+    sfdisk
+        .arg("-q")
+        .arg(&linux)
+        .stdin(std::process::Stdio::piped());
     let mut child = sfdisk.spawn().expect("sfdisk (run scripts/setup.sh)");
     use std::io::Write;
     child
@@ -109,7 +129,9 @@ fn images_without_a_fat_partition_are_refused_with_a_reason() {
         .write_all(b"label: dos\nstart=2048, type=83\n")
         .unwrap();
     assert!(child.wait().unwrap().success());
-    let out = run(Command::new(script("inject-provisioning.sh")).arg(&linux).arg(&file));
+    let out = run(Command::new(script("inject-provisioning.sh"))
+        .arg(&linux)
+        .arg(&file));
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("no FAT partition"), "{err}");
@@ -130,7 +152,9 @@ fn images_without_a_fat_partition_are_refused_with_a_reason() {
         .write_all(b"label: dos\nstart=2048, type=c\n")
         .unwrap();
     assert!(child.wait().unwrap().success());
-    let out = run(Command::new(script("inject-provisioning.sh")).arg(&fake).arg(&file));
+    let out = run(Command::new(script("inject-provisioning.sh"))
+        .arg(&fake)
+        .arg(&file));
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("not a FAT file system"), "{err}");
@@ -138,7 +162,12 @@ fn images_without_a_fat_partition_are_refused_with_a_reason() {
     // compressed images are named as such
     let xz = dir.path().join("os.img.xz");
     fs::write(&xz, b"\xfd7zXZ\0").unwrap();
-    let out = run(Command::new(script("inject-provisioning.sh")).arg(&xz).arg(&file));
+    let out = run(Command::new(script("inject-provisioning.sh"))
+        .arg(&xz)
+        .arg(&file));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success() && err.contains("decompress it first"), "{err}");
+    assert!(
+        !out.status.success() && err.contains("decompress it first"),
+        "{err}"
+    );
 }
