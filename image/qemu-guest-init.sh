@@ -95,5 +95,10 @@ if [ -x /usr/bin/matrix-intercom ]; then
     if [ "$rc" = 0 ]; then ok binary-check-config; else fail binary-check-config "exit $rc"; fi
 fi
 
+if [ -f /extra.sh ]; then
+    echo "MI: guest script"
+    sh /extra.sh || fail guest-script "exit $?"
+fi
+
 echo "MI-DONE uptime=$(cut -d' ' -f1 /proc/uptime)"
 poweroff -f

@@ -21,6 +21,14 @@
 #        MI_QEMU_REQUIRE_BIN=1   fail instead of skipping the binary checks when there is none
 #        MI_QEMU_TIMEOUT=secs    bound for the whole guest run (default 240)
 #        MI_QEMU_KEEP=1          keep the work directory (console log, out.wav, initramfs)
+# Hooks for whole-system scenarios (e.g. the daemon against the dev stack):
+#        MI_QEMU_FILES="src:/dest ..."  extra files for the initramfs
+#        MI_QEMU_GUEST_SCRIPT=file  busybox-sh script the guest runs after the platform checks; it
+#                                   reports `MI-OK name ...`/`MI-FAIL name ...` lines and may print
+#                                   `MI-PRESS` lines: the host presses the button once per line
+#        MI_QEMU_NEED="name ..."    extra MI-OK names that must appear
+#        MI_QEMU_HOST_CMD=cmd       run (bash -c) inside the test's namespace before QEMU starts and
+#                                   stopped at the end; the guest reaches it at 10.0.2.2
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
 cache=${MI_CACHE:-$repo/.cache}/qemu
@@ -84,6 +92,8 @@ host_pid=
 cleanup() {
     [[ -n $qemu_pid ]] && kill "$qemu_pid" 2>/dev/null && wait "$qemu_pid" 2>/dev/null
     [[ -n $host_pid ]] && kill "$host_pid" 2>/dev/null && wait "$host_pid" 2>/dev/null
+    [[ -n ${extra_pid:-} ]] && kill -- -"$extra_pid" 2>/dev/null && wait "$extra_pid" 2>/dev/null
+    [[ -n ${extra_pid:-} && ${MI_QEMU_KEEP:-} != 1 ]] && sed 's/^/    host-cmd| /' "$work/host-cmd.log" >&2
     ip netns del "$ns" 2>/dev/null || true
     if [[ ${MI_QEMU_KEEP:-} == 1 ]]; then log "work directory kept: $work"; else rm -rf "$work"; fi
 }
@@ -176,6 +186,11 @@ w.writeframes(b"".join(struct.pack("<hh", v, v) for v in
 w.close()
 EOF
 
+for pair in ${MI_QEMU_FILES:-}; do
+    mkdir -p "$root/$(dirname "${pair#*:}")"
+    cp "${pair%%:*}" "$root/${pair#*:}"
+done
+[[ -n ${MI_QEMU_GUEST_SCRIPT:-} ]] && cp "$MI_QEMU_GUEST_SCRIPT" "$root/extra.sh"
 cp "$repo/image/qemu-guest-init.sh" "$root/init"
 chmod 755 "$root/init"
 (cd "$root" && find . | cpio -o -H newc --quiet | gzip -1) >"$work/init.cpio.gz"
@@ -214,6 +229,11 @@ while True:
         c.close()
 EOF
 host_pid=$!
+extra_pid=
+if [[ -n ${MI_QEMU_HOST_CMD:-} ]]; then
+    ip netns exec "$ns" setsid bash -c "$MI_QEMU_HOST_CMD" >"$work/host-cmd.log" 2>&1 &
+    extra_pid=$!
+fi
 
 console=$work/console.log
 qmp=$work/qmp.sock
@@ -273,7 +293,18 @@ wait_for "MI-BUTTON-READY" 90 || { show_console; die "guest never got ready for 
 log "pressing the power button (QMP system_powerdown)"
 qmp_cmd system_powerdown >&2 || { show_console; die "QMP failed"; }
 
-wait_for "MI-DONE" 120 || { show_console; die "guest did not finish its checks"; }
+# Every further `MI-PRESS` line asks for one more button press; bounded by the QEMU timeout.
+presses=0
+while ! grep -q "MI-DONE" "$console"; do
+    kill -0 "$qemu_pid" 2>/dev/null || { show_console; die "guest stopped before MI-DONE"; }
+    wanted=$(grep -c '^MI-PRESS' "$console" || true)
+    while ((presses < wanted)); do
+        presses=$((presses + 1))
+        log "press $presses for the guest script"
+        qmp_cmd system_powerdown >/dev/null || { show_console; die "QMP failed"; }
+    done
+    sleep 0.2
+done
 wait "$qemu_pid" || true
 qemu_pid=
 show_console
@@ -281,6 +312,8 @@ show_console
 fails=$(grep -c '^MI-FAIL' "$console" || true)
 need=(gpiochip0 gpio-edges sound-virtio sound-aloop aplay network provisioning)
 if [[ -n $bin ]]; then need+=(binary-version binary-check-config); fi
+# shellcheck disable=SC2206
+need+=(${MI_QEMU_NEED:-})
 missing=()
 for n in "${need[@]}"; do grep -q "^MI-OK $n\b" "$console" || missing+=("$n"); done
 grep -q "^MI-OK provisioning $nonce" "$console" || missing+=("provisioning-nonce")
