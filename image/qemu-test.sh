@@ -90,12 +90,15 @@ ns=mi-qemu-$$
 qemu_pid=
 host_pid=
 cleanup() {
+    local rc=$?
+    set +e
     [[ -n $qemu_pid ]] && kill "$qemu_pid" 2>/dev/null && wait "$qemu_pid" 2>/dev/null
     [[ -n $host_pid ]] && kill "$host_pid" 2>/dev/null && wait "$host_pid" 2>/dev/null
     [[ -n ${extra_pid:-} ]] && kill -- -"$extra_pid" 2>/dev/null && wait "$extra_pid" 2>/dev/null
     [[ -n ${extra_pid:-} && ${MI_QEMU_KEEP:-} != 1 ]] && sed 's/^/    host-cmd| /' "$work/host-cmd.log" >&2
     ip netns del "$ns" 2>/dev/null || true
     if [[ ${MI_QEMU_KEEP:-} == 1 ]]; then log "work directory kept: $work"; else rm -rf "$work"; fi
+    exit "$rc"
 }
 trap cleanup EXIT
 root=$work/root
