@@ -85,7 +85,10 @@ for target in "${targets[@]}"; do
 
     check "ELF machine $machine" bash -c "readelf -h '$bin' | grep -q 'Machine: *$machine'"
     check "stripped (no .symtab)" bash -c "! readelf -S '$bin' | grep -q '\.symtab'"
-    newest=$(objdump -T "$bin" | grep -o 'GLIBC_[0-9.]*' | sed 's/GLIBC_//' | sort -uV | tail -1)
+    # the target's objdump (binutils-$prefix, installed with the cross gcc) reads the dynamic symbols
+    syms=$("$prefix-objdump" -T "$bin")
+    newest=$(grep -o 'GLIBC_[0-9.]*' <<<"$syms" | sed 's/GLIBC_//' | sort -uV | tail -1)
+    log "symbols of the newest glibc version (GLIBC_$newest): $(grep -E "GLIBC_${newest//./\\.}[) ]" <<<"$syms" | awk '{print $NF}' | sort -u | tr '\n' ' ')"
     check "GLIBC symbol versions <= $glibc_max (newest: $newest)" \
         test "$(printf '%s\n%s\n' "$newest" "$glibc_max" | sort -V | tail -1)" = "$glibc_max"
     depends=$(field Depends)
