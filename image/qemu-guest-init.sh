@@ -1,4 +1,5 @@
 #!/bin/busybox sh
+# shellcheck shell=dash
 # /init of the whole-system test's initramfs (image/qemu-test.sh builds it). Runs the checks inside
 # the guest and reports each as a console line `MI-OK <check> <detail>` or `MI-FAIL <check> <detail>`;
 # `MI-BUTTON-READY` asks the host to press the power button; `MI-DONE` ends the run (then power off).
