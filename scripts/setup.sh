@@ -2,6 +2,8 @@
 # One-time (and idempotent) set-up of a Debian 12 machine for building, testing and demoing
 # matrix-intercom. Run as root. Fast when everything is already there.
 #   - Debian packages: C libraries, cross compilers, multiarch -dev packages, qemu-user
+#   - qemu-system-arm >= 8.2 (virtio-sound) from bookworm-backports, for image/qemu-test.sh
+#   - cargo-deb, for the .deb packages
 #   - Rust targets for aarch64 and armv7 (rustup must already provide cargo/rustc >= 1.85)
 #   - a Python venv with Synapse and the official LiveKit SDK, in the cache folder
 set -euo pipefail
@@ -19,7 +21,7 @@ fi
 host_pkgs=(build-essential pkg-config cmake git curl ca-certificates python3 python3-venv
     libasound2-dev libopus-dev libspeexdsp-dev libsqlite3-dev
     gcc-aarch64-linux-gnu gcc-arm-linux-gnueabihf libc6-dev-arm64-cross libc6-dev-armhf-cross
-    qemu-user iproute2 alsa-utils sox mtools dosfstools cpio xz-utils kmod busybox-static)
+    qemu-user iproute2 alsa-utils sox mtools dosfstools fdisk cpio xz-utils kmod busybox-static)
 cross_pkgs=(libasound2-dev:arm64 libopus-dev:arm64 libspeexdsp-dev:arm64
     libasound2-dev:armhf libopus-dev:armhf libspeexdsp-dev:armhf)
 
@@ -36,6 +38,32 @@ if ((${#missing[@]})); then
     apt-get install -y -q --no-install-recommends "${missing[@]}"
 fi
 
+# qemu-system-aarch64 with virtio-sound (QEMU >= 8.2): bookworm has 7.2, backports has 10.x.
+# Backports has apt priority 100, so it is asked for explicitly with -t.
+qemu_ok() {
+    local v maj min
+    v=$(qemu-system-aarch64 --version 2>/dev/null | sed -n '1s/.*version \([0-9]*\)\.\([0-9]*\).*/\1 \2/p')
+    [[ -n $v ]] && read -r maj min <<<"$v" && ((maj > 8 || (maj == 8 && min >= 2)))
+}
+if ! qemu_ok; then
+    codename=$(. /etc/os-release && echo "${VERSION_CODENAME:-}")
+    if [[ $codename == bookworm ]] && ! grep -rqs 'bookworm-backports' /etc/apt/sources.list /etc/apt/sources.list.d/; then
+        log "adding the bookworm-backports apt source"
+        printf '%s\n' 'Types: deb' 'URIs: http://deb.debian.org/debian' 'Suites: bookworm-backports' \
+            'Components: main' 'Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg' \
+            >/etc/apt/sources.list.d/bookworm-backports.sources
+    fi
+    log "installing qemu-system-arm (>= 8.2)${codename:+ from $codename-backports}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -q
+    if [[ $codename == bookworm ]]; then
+        apt-get install -y -q --no-install-recommends -t bookworm-backports qemu-system-arm
+    else
+        apt-get install -y -q --no-install-recommends qemu-system-arm
+    fi
+    qemu_ok || { log "qemu-system-aarch64 is still older than 8.2 (no virtio-sound)"; exit 1; }
+fi
+
 installed_targets=$(rustup target list --installed 2>/dev/null || true)
 for t in aarch64-unknown-linux-gnu armv7-unknown-linux-gnueabihf; do
     grep -qx "$t" <<<"$installed_targets" || { log "adding Rust target $t"; rustup target add "$t"; }
@@ -43,6 +71,8 @@ done
 for c in clippy rustfmt; do
     rustup component list --installed 2>/dev/null | grep -q "^$c" || rustup component add "$c"
 done
+
+command -v cargo-deb >/dev/null || { log "installing cargo-deb"; cargo install --locked cargo-deb; }
 
 venv=$cache/venv
 stamp=$venv/.mi-requirements

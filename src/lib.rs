@@ -12,5 +12,6 @@ pub mod logging;
 pub mod machine;
 pub mod matrix;
 pub mod pcm;
+pub mod provision;
 pub mod secret;
 pub mod systemd;

@@ -28,7 +28,7 @@ pub fn notify(state: &str) {
 /// How often to ping the watchdog: half of `WATCHDOG_USEC`, when the unit sets `WatchdogSec=`.
 pub fn watchdog_interval() -> Option<Duration> {
     let usec: u64 = std::env::var("WATCHDOG_USEC").ok()?.parse().ok()?;
-    if let Some(pid) = std::env::var("WATCHDOG_PID").ok() {
+    if let Ok(pid) = std::env::var("WATCHDOG_PID") {
         if pid.parse::<u32>().ok()? != std::process::id() {
             return None;
         }
