@@ -29,6 +29,10 @@ cargo test --workspace --no-fail-fast
 step "unit tests on aarch64 under qemu-user"
 cargo test --lib --target aarch64-unknown-linux-gnu
 
+step "whole-system test: our aarch64 binary in QEMU (arm64 kernel, PL061 button, virtio-sound)"
+cargo build --bin matrix-intercom --target aarch64-unknown-linux-gnu
+MI_QEMU_BIN=$CARGO_TARGET_DIR/aarch64-unknown-linux-gnu/debug/matrix-intercom image/qemu-test.sh
+
 step "cross build armv7"
 cargo build --bin matrix-intercom --target armv7-unknown-linux-gnueabihf
 
