@@ -68,7 +68,7 @@ socket = "{demo / "control.sock"}"
 ''')
 alice = s["users"]["alice"]
 print(f'''
-  Element-compatible homeserver: {s["homeserver_url"]}
+  homeserver: {s["homeserver_url"]}
   room:      {s["room_alias"]} ({s["room_id"]})
   residents: {alice["user_id"]} / {s["users"]["bob"]["user_id"]} (passwords in {demo / "stack.json"})
 ''')
@@ -97,7 +97,8 @@ fi
 RUST_LOG=${RUST_LOG:-info} "$bin/matrix-intercom" run --config "$demo/config.toml" 2>"$demo/intercom.log" &
 pids+=($!)
 ctl() { "$bin/matrix-intercom" ctl "$@" --socket "$demo/control.sock"; }
-for _ in $(seq 1 100); do ctl status >/dev/null 2>&1 && break; sleep 0.1; done
+echo "waiting for the intercom to log in ..."
+for _ in $(seq 1 600); do ctl status 2>/dev/null | grep -q '"connected":true' && break; sleep 0.1; done
 
 echo "intercom running (log: $demo/intercom.log)"
 echo "keys: [Enter] press the button   s = status   q = quit"
