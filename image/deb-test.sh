@@ -33,7 +33,7 @@ check() { # check DESCRIPTION COMMAND...
         fails=$((fails + 1))
     fi
 }
-command -v cargo-deb >/dev/null || { log "cargo-deb missing: run scripts/setup.sh"; exit 1; }
+command -v cargo-deb >/dev/null || { log "installing cargo-deb"; cargo install --locked cargo-deb; }
 
 for target in "${targets[@]}"; do
     case $target in

@@ -3,7 +3,6 @@
 # matrix-intercom. Run as root. Fast when everything is already there.
 #   - Debian packages: C libraries, cross compilers, multiarch -dev packages, qemu-user
 #   - qemu-system-arm >= 8.2 (virtio-sound) from bookworm-backports, for image/qemu-test.sh
-#   - cargo-deb, for the .deb packages
 #   - Rust targets for aarch64 and armv7 (rustup must already provide cargo/rustc >= 1.85)
 #   - a Python venv with Synapse and the official LiveKit SDK, in the cache folder
 set -euo pipefail
@@ -72,7 +71,6 @@ for c in clippy rustfmt; do
     rustup component list --installed 2>/dev/null | grep -q "^$c" || rustup component add "$c"
 done
 
-command -v cargo-deb >/dev/null || { log "installing cargo-deb"; cargo install --locked cargo-deb; }
 
 venv=$cache/venv
 stamp=$venv/.mi-requirements
