@@ -38,6 +38,12 @@ enum Cmd {
     },
     /// Revoke the stored session and delete it.
     Logout,
+    /// Import the provisioning file from the boot partition into the config (run as root
+    /// before the service starts; a broken file leaves the current config in use).
+    Provision {
+        #[arg(long, default_value = matrix_intercom::provision::DEFAULT_BOOT_FILE)]
+        boot_file: PathBuf,
+    },
     /// List ALSA devices usable for [audio] capture/playback (like `aplay -L`).
     ListAudio,
     /// Talk to the running daemon over its control socket.
@@ -70,6 +76,7 @@ fn main() -> ExitCode {
         Cmd::CheckConfig => check_config(&cli.config),
         Cmd::Ctl { action, socket } => ctl(&cli.config, socket, action),
         Cmd::ListAudio => list_audio(),
+        Cmd::Provision { boot_file } => provision(&boot_file, &cli.config),
         Cmd::Login { password_stdin } => report(account(&cli.config, Some(password_stdin))),
         Cmd::Logout => report(account(&cli.config, None)),
         Cmd::Run => match run(&cli.config) {
@@ -90,6 +97,41 @@ fn report(result: anyhow::Result<()>) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Imports the boot partition's provisioning file; never fails the service start: on a broken
+/// file the previous config stays in use and the error goes to the journal.
+fn provision(boot_file: &std::path::Path, config: &std::path::Path) -> ExitCode {
+    use matrix_intercom::provision::{import, scrub_password, Outcome};
+    match import(boot_file, config) {
+        Ok(Outcome::NoFile) => {}
+        Ok(Outcome::Unchanged) => println!("{}: unchanged", boot_file.display()),
+        Ok(Outcome::Imported { .. }) => println!(
+            "{}: imported into {}",
+            boot_file.display(),
+            config.display()
+        ),
+        Err(e) => eprintln!("matrix-intercom: {e}"),
+    }
+    // Once a session is stored, no copy of the password is needed any more.
+    if let Ok(loaded) = Config::load(config) {
+        let session = loaded
+            .config
+            .matrix
+            .state_dir
+            .join(matrix_intercom::config::SESSION_FILE);
+        if session.exists() {
+            for file in [boot_file, config] {
+                match scrub_password(file) {
+                    Ok(true) => println!("{}: password removed", file.display()),
+                    Ok(false) => {}
+                    Err(e) if file == boot_file && !file.exists() => drop(e),
+                    Err(e) => eprintln!("matrix-intercom: {e}"),
+                }
+            }
+        }
+    }
+    ExitCode::SUCCESS
 }
 
 fn list_audio() -> ExitCode {

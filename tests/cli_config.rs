@@ -196,3 +196,44 @@ fn board_files_are_valid_configs() {
         "expected board files for Pi 3/4/5, Zero 2 W and QEMU virt"
     );
 }
+
+#[test]
+fn provision_imports_the_boot_file_and_keeps_the_last_good_config_when_broken() {
+    let dir = tempfile::tempdir().unwrap();
+    let boot = dir.path().join("matrix-intercom.toml");
+    let config = dir.path().join("config.toml");
+    let provision = |boot: &Path| {
+        bin()
+            .args(["provision", "--config"])
+            .arg(&config)
+            .arg("--boot-file")
+            .arg(boot)
+            .output()
+            .unwrap()
+    };
+    std::fs::write(&boot, VALID).unwrap();
+    let out = provision(&boot);
+    assert!(out.status.success());
+    assert_eq!(std::fs::read_to_string(&config).unwrap(), VALID);
+    let mode = std::fs::metadata(&config).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600, "the imported config is private");
+
+    std::fs::write(&boot, VALID.replace("line = 3", "line = \"\"\nbogus = 1")).unwrap();
+    let out = provision(&boot);
+    assert!(
+        out.status.success(),
+        "a broken boot file never stops the service"
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("bogus"),
+        "the journal says what is wrong: {err}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(&config).unwrap(),
+        VALID,
+        "the last good config stays in use"
+    );
+    let (code, _, _) = check_path(&config);
+    assert_eq!(code, 0);
+}

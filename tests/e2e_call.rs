@@ -431,6 +431,11 @@ fn press_rings_peer_answers_audio_both_ways_second_press_leaves() {
     let mut daemon = Daemon::start(&world, 60, 5);
     let device_id = daemon.device_id();
     let identity = format!("{}:{device_id}", world.stack.info.users.intercom.user_id);
+    let config = std::fs::read_to_string(daemon.dir.path().join("config.toml")).unwrap();
+    assert!(
+        !config.contains(world.stack.info.users.intercom.password.expose()),
+        "the one-time password is removed from the config once the session is stored"
+    );
 
     daemon.ctl("press");
     daemon.wait_state("ringing", Duration::from_secs(30));

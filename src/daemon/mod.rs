@@ -103,6 +103,7 @@ fn start_button(cfg: &Config) -> anyhow::Result<mpsc::Receiver<()>> {
 /// works; then forwards Matrix events as reports and hands the client over.
 async fn start_matrix(
     cfg: Config,
+    config_path: std::path::PathBuf,
     reports: mpsc::Sender<Report>,
     ready: tokio::sync::oneshot::Sender<Arc<MatrixSide>>,
 ) {
@@ -128,6 +129,15 @@ async fn start_matrix(
         }
     };
     tracing::info!(user = %side.user_id(), device = %side.device_id(), room = %side.room_id(), "connected to the homeserver");
+    if cfg.matrix.password.is_some() {
+        // The session is stored: the one-time password has done its job.
+        match crate::provision::scrub_password(&config_path) {
+            Ok(_) => {
+                tracing::info!(config = %config_path.display(), "password removed from the config")
+            }
+            Err(e) => tracing::warn!("{e}"),
+        }
+    }
     let _ = ready.send(Arc::new(side));
     while let Some(ev) = events.recv().await {
         if let Some(report) = call::matrix_report(ev, &allowed) {
@@ -144,6 +154,7 @@ pub async fn run(loaded: LoadedConfig) -> anyhow::Result<()> {
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut sigint = signal(SignalKind::interrupt())?;
     let cfg = loaded.config;
+    let config_path = loaded.path;
     let started = Instant::now();
     let mut machine = CallMachine::new(timings(&cfg.call));
     let status_of = |m: &MachineStatus, connected: bool| Status {
@@ -169,7 +180,12 @@ pub async fn run(loaded: LoadedConfig) -> anyhow::Result<()> {
     )?);
     let (reports_tx, mut reports) = mpsc::channel::<Report>(64);
     let (matrix_tx, mut matrix_ready) = tokio::sync::oneshot::channel();
-    tokio::spawn(start_matrix(cfg.clone(), reports_tx.clone(), matrix_tx));
+    tokio::spawn(start_matrix(
+        cfg.clone(),
+        config_path,
+        reports_tx.clone(),
+        matrix_tx,
+    ));
     let mut driver: Option<CallDriver> = None;
     let mut presence = Presence::default();
     let mut watchdog = crate::systemd::watchdog_interval().map(tokio::time::interval);
