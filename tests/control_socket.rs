@@ -139,18 +139,31 @@ fn status_prints_one_json_object_with_the_state() {
 }
 
 #[test]
-fn press_is_accepted_and_changes_state() {
+fn press_without_a_session_reports_what_to_do_and_keeps_running() {
+    // No session and no password: joining cannot work, and status must say what to do.
     let daemon = Daemon::start();
-    let (_, before) = daemon.ctl("status");
-    let before: serde_json::Value = serde_json::from_str(&before).unwrap();
     let (ok, _) = daemon.ctl("press");
     assert!(ok, "press accepted");
-    let (_, after) = daemon.ctl("status");
-    let after: serde_json::Value = serde_json::from_str(&after).unwrap();
-    assert_ne!(
-        before["state"], after["state"],
-        "a press from idle starts joining (or fails into the error state)"
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        let (_, out) = daemon.ctl("status");
+        let status: serde_json::Value = serde_json::from_str(&out).unwrap();
+        if status["state"] == "error" {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "never reached the error state: {status}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(status["connected"], false);
+    let err = status["last_error"].as_str().unwrap_or_default();
+    assert!(
+        err.contains("matrix-intercom login"),
+        "last_error says how to get a session: {err}"
     );
+    assert!(daemon.ctl("status").0, "the daemon keeps running");
 }
 
 #[test]
