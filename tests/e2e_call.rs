@@ -133,19 +133,19 @@ impl World {
         body["chunk"].as_array().cloned().unwrap_or_default()
     }
 
-    /// A LiveKit grant for alice from the token service, exactly as Element Call gets one.
-    fn alice_grant(&self) -> (String, String) {
+    /// A LiveKit grant for a resident from the token service, exactly as Element Call gets one.
+    fn grant(&self, resident: &mi_devstack::User) -> (String, String) {
         let info = &self.stack.info;
-        let alice = &info.users.alice;
         let path = format!(
             "/_matrix/client/v3/user/{}/openid/request_token",
-            enc(&alice.user_id)
+            enc(&resident.user_id)
         );
+        let token = resident.access_token.as_ref().expect("resident session");
         let (status, openid) = self.http(
             &info.homeserver_url,
             "POST",
             &path,
-            Some(&self.alice_token()),
+            Some(token.expose()),
             json!({}),
         );
         assert_eq!(status, 200, "openid token: {openid}");
@@ -154,7 +154,7 @@ impl World {
             "POST",
             "/sfu/get",
             None,
-            json!({"room": info.room_id, "openid_token": openid, "device_id": alice.device_id}),
+            json!({"room": info.room_id, "openid_token": openid, "device_id": resident.device_id}),
         );
         assert_eq!(status, 200, "token service: {grant}");
         (
@@ -163,8 +163,18 @@ impl World {
         )
     }
 
+    /// An Element Call-like far end for alice, publishing the peer tone.
     fn python_peer(&self, name: &str) -> LineProcess {
-        let (url, jwt) = self.alice_grant();
+        self.python_peer_as(name, &self.stack.info.users.alice, PEER_TONE)
+    }
+
+    fn python_peer_as(
+        &self,
+        name: &str,
+        resident: &mi_devstack::User,
+        tone_hz: u32,
+    ) -> LineProcess {
+        let (url, jwt) = self.grant(resident);
         let mut peer = start_peer(
             &self.python,
             &self.net.py_ns,
@@ -172,7 +182,7 @@ impl World {
                 name,
                 url: &url,
                 token: &jwt,
-                tone_hz: PEER_TONE,
+                tone_hz,
                 expect_hz: DEVICE_TONE,
                 duration_s: 120,
             },
@@ -562,4 +572,49 @@ fn sigterm_mid_call_removes_the_membership_and_sigkill_lets_it_expire() {
     daemon.signal("KILL");
     daemon.wait_exit(Duration::from_secs(5));
     wait_membership_gone(&world, &device_id, Duration::from_secs(15));
+}
+
+#[test]
+fn two_residents_answer_the_device_hears_both_mixed_and_both_hear_it() {
+    let Some(world) = world("e2e two residents") else {
+        return;
+    };
+    let mut daemon = Daemon::start(&world, 60, 5);
+    let identity = format!(
+        "{}:{}",
+        world.stack.info.users.intercom.user_id,
+        daemon.device_id()
+    );
+    daemon.ctl("press");
+    daemon.wait_state("ringing", Duration::from_secs(30));
+    const BOB_TONE: u32 = 700;
+    let mut alice = world.python_peer("alice-phone");
+    let mut bob = world.python_peer_as("bob-laptop", &world.stack.info.users.bob, BOB_TONE);
+    daemon.wait_for(Duration::from_secs(30), "both residents in the call", |s| {
+        s["state"] == "in_call" && s["participants"].as_array().is_some_and(|p| p.len() == 2)
+    });
+    peer_hears_device(&mut alice, &identity, 5);
+    peer_hears_device(&mut bob, &identity, 5);
+    // Both tones at once in the device's speaker: each takes a clear share of every frame.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let heard = daemon.heard();
+        let both = heard
+            .chunks_exact(matrix_intercom::pcm::FRAME_SAMPLES)
+            .filter(|f| {
+                support::tone::tone_share(f, f64::from(PEER_TONE)) > 0.3
+                    && support::tone::tone_share(f, f64::from(BOB_TONE)) > 0.3
+            })
+            .count();
+        if both >= 250 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the device's speaker did not play both residents mixed for 5 s ({both} frames)"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    daemon.ctl("press");
+    daemon.wait_state("idle", Duration::from_secs(20));
 }
