@@ -3,7 +3,8 @@
 # intercom daemon on an embedded default config, with the button simulated by the keyboard
 # (or `matrix-intercom ctl press --socket .cache/demo/control.sock` from another terminal).
 # Audio: files by default (the microphone plays a 1 kHz tone from a file, what the device
-# hears is written to .cache/demo/heard.wav); MI_DEMO_AUDIO=alsa uses the ALSA default device.
+# hears is written to .cache/demo/heard.wav); MI_DEMO_AUDIO=alsa uses the ALSA default device. Key "a" lets the resident alice answer from
+# a simulated phone (the official LiveKit SDK in a network namespace of its own).
 # Run as root on Debian 12; it sets itself up first.
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
@@ -19,14 +20,32 @@ demo=$MI_CACHE/demo
 mkdir -p "$demo"
 rm -f "$demo/stack.json"
 pids=()
+# A resident's phone (the official LiveKit Python SDK) runs in a network namespace of its own,
+# joined to this machine by a veth pair: libwebrtc gathers no candidates on loopback alone. The
+# SFU listens on this end of the pair; no traffic leaves the machine.
+peer_ns=mi-demo-phone
+veth=mi-demo-v0
 cleanup() {
     for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
     wait 2>/dev/null || true
+    ip netns del "$peer_ns" 2>/dev/null || true
+    ip link del "$veth" 2>/dev/null || true
 }
 trap cleanup EXIT INT TERM
+ip netns del "$peer_ns" 2>/dev/null || true
+ip link del "$veth" 2>/dev/null || true
+ip netns add "$peer_ns"
+ip link add "$veth" type veth peer name mi-demo-v1
+ip link set mi-demo-v1 netns "$peer_ns"
+ip addr add 10.77.250.1/24 dev "$veth"
+ip link set "$veth" up
+ip -n "$peer_ns" addr add 10.77.250.2/24 dev mi-demo-v1
+ip -n "$peer_ns" link set mi-demo-v1 up
+ip -n "$peer_ns" link set lo up
 
 echo "starting the dev stack (Synapse, token service, test SFU) in $demo ..."
 "$bin/mi-devstack" --dir "$demo/stack" --python "$MI_PYTHON" --out "$demo/stack.json" \
+    --sfu-bind 10.77.250.1 \
     >"$demo/devstack.out" 2>"$demo/devstack.log" &
 pids+=($!)
 for _ in $(seq 1 600); do
@@ -59,6 +78,9 @@ enabled = false
 capture = "demo_mic"
 playback = "demo_speaker"
 wall_clock = true
+# The demo's "voice" is a steady tone, which a noise suppressor rightly removes.
+noise_suppression = false
+auto_gain = false
 
 [call]
 ring_timeout_s = 30
@@ -90,7 +112,7 @@ pcm.demo_speaker { type file; slave.pcm null; file "$demo/heard.wav"; format wav
 EOF2
     export XDG_CONFIG_HOME=$demo/xdg
 else
-    sed -i 's/^capture = .*/capture = "default"/; s/^playback = .*/playback = "default"/; s/^wall_clock = .*/wall_clock = false/' "$demo/config.toml"
+    sed -i 's/^capture = .*/capture = "default"/; s/^playback = .*/playback = "default"/; s/^wall_clock = .*/wall_clock = false/; s/^noise_suppression = .*/noise_suppression = true/; s/^auto_gain = .*/auto_gain = true/' "$demo/config.toml"
 fi
 
 "$bin/matrix-intercom" check-config --config "$demo/config.toml"
@@ -100,8 +122,35 @@ ctl() { "$bin/matrix-intercom" ctl "$@" --socket "$demo/control.sock"; }
 echo "waiting for the intercom to log in ..."
 for _ in $(seq 1 600); do ctl status 2>/dev/null | grep -q '"connected":true' && break; sleep 0.1; done
 
+# "a": alice answers from her "phone" (an official LiveKit SDK client with a 440 Hz tone as her
+# voice), with a LiveKit token from the token service, as Element Call gets one.
+answer() {
+    local grant
+    grant=$("$MI_PYTHON" - "$demo/stack.json" <<'PY'
+import json, sys, urllib.request
+s = json.load(open(sys.argv[1]))
+a = s["users"]["alice"]
+def post(url, body, token=None):
+    req = urllib.request.Request(url, json.dumps(body).encode(), {"Content-Type": "application/json"})
+    if token:
+        req.add_header("Authorization", "Bearer " + token)
+    return json.load(urllib.request.urlopen(req, timeout=10))
+openid = post(f'{s["homeserver_url"]}/_matrix/client/v3/user/{a["user_id"]}/openid/request_token', {}, a["access_token"])
+g = post(f'{s["token_service_url"]}/sfu/get', {"room": s["room_id"], "openid_token": openid, "device_id": a["device_id"]})
+print(g["url"], g["jwt"])
+PY
+)
+    # Her phone stays in the call while its stdin (a FIFO this script holds open) stays open.
+    rm -f "$demo/alice.in" && mkfifo "$demo/alice.in" && exec 7<>"$demo/alice.in"
+    # shellcheck disable=SC2086
+    ip netns exec "$peer_ns" "$MI_PYTHON" "$repo/dev/test-sfu/peer/lk_peer.py" $grant 440 1000 600 \
+        <"$demo/alice.in" >"$demo/alice.log" 2>&1 &
+    pids+=($!)
+    echo "alice answers (her phone's log: $demo/alice.log; it reports the intercom's 1 kHz tone)"
+}
+
 echo "intercom running (log: $demo/intercom.log)"
-echo "keys: [Enter] press the button   s = status   q = quit"
+echo "keys: [Enter] press the button   a = alice answers   s = status   q = quit"
 while true; do
     printf '\r%s   ' "$(ctl status 2>&1)"
     rc=0
@@ -110,11 +159,15 @@ while true; do
         case $key in
         q) break ;;
         s) echo; ctl status ;;
+        a) echo; answer ;;
         *) ctl press && echo && echo "button pressed" ;;
         esac
     elif ((rc <= 128)); then
-        # No keyboard (stdin closed): show one press/leave cycle and stop.
-        echo; ctl press; sleep 5; ctl status; ctl press; sleep 2; ctl status; break
+        # No keyboard (stdin closed): show one whole call and stop.
+        echo; echo "press"; ctl press; sleep 3; ctl status
+        answer; sleep 8; ctl status
+        grep '"tone"' "$demo/alice.log" | tail -2 || true
+        echo "press"; ctl press; sleep 2; ctl status; break
     fi
 done
 echo
