@@ -188,6 +188,8 @@ pub async fn run(loaded: LoadedConfig) -> anyhow::Result<()> {
     ));
     let mut driver: Option<CallDriver> = None;
     let mut presence = Presence::default();
+    // Why the Matrix side is not up yet, for a press that comes before it is.
+    let mut matrix_error = String::from("still connecting");
     let mut watchdog = crate::systemd::watchdog_interval().map(tokio::time::interval);
     // Keeps uptime and call duration in `ctl status` current between events.
     let mut refresh = tokio::time::interval(Duration::from_secs(1));
@@ -222,6 +224,10 @@ pub async fn run(loaded: LoadedConfig) -> anyhow::Result<()> {
                 continue;
             }
             Some(report) = reports.recv() => match report {
+                Report::Machine(Event::Failed { reason }) if driver.is_none() => {
+                    matrix_error = reason.clone();
+                    Event::Failed { reason }
+                }
                 Report::Machine(event) => event,
                 device => match call::presence_event(&mut presence, &device) {
                     Some(event) => event,
@@ -275,7 +281,7 @@ pub async fn run(loaded: LoadedConfig) -> anyhow::Result<()> {
                     Some(d) => d.join(),
                     None => {
                         let _ = reports_tx.try_send(Report::Machine(Event::Failed {
-                            reason: "not connected to the homeserver yet".into(),
+                            reason: format!("not connected to the homeserver yet ({matrix_error})"),
                         }));
                     }
                 },
