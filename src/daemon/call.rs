@@ -18,6 +18,8 @@ use tokio::task::JoinHandle;
 #[derive(Debug)]
 pub enum Report {
     Machine(Event),
+    /// The Matrix side could not start (yet); retried with backoff.
+    MatrixDown(String),
     /// A device of another user appeared or went away.
     Device {
         user: String,

@@ -119,9 +119,7 @@ async fn start_matrix(
             Err(e) => {
                 tracing::error!("Matrix: {e}; retrying in {} s", delay.as_secs());
                 let _ = reports
-                    .send(Report::Machine(Event::Failed {
-                        reason: format!("Matrix: {e}"),
-                    }))
+                    .send(Report::MatrixDown(format!("Matrix: {e}")))
                     .await;
                 tokio::time::sleep(delay).await;
                 delay = (delay * 2).min(Duration::from_secs(60));
@@ -224,7 +222,7 @@ pub async fn run(loaded: LoadedConfig) -> anyhow::Result<()> {
                 continue;
             }
             Some(report) = reports.recv() => match report {
-                Report::Machine(Event::Failed { reason }) if driver.is_none() => {
+                Report::MatrixDown(reason) => {
                     matrix_error = reason.clone();
                     Event::Failed { reason }
                 }
