@@ -143,7 +143,12 @@ if [[ -z $bin ]]; then
 fi
 if [[ -n $bin ]]; then
     log "guest gets $bin"
-    cp "$bin" "$root/usr/bin/matrix-intercom"
+    # stripped: a debug build's symbols would make the initramfs larger than the guest's memory
+    if command -v aarch64-linux-gnu-strip >/dev/null; then
+        aarch64-linux-gnu-strip -o "$root/usr/bin/matrix-intercom" "$bin"
+    else
+        cp "$bin" "$root/usr/bin/matrix-intercom"
+    fi
     add_libs "$root/usr/bin/matrix-intercom"
     cp "$repo/board/qemu-virt.toml" "$root/etc/matrix-intercom/config.toml"
 elif [[ ${MI_QEMU_REQUIRE_BIN:-} == 1 ]]; then
