@@ -22,7 +22,8 @@ host_pkgs=(build-essential pkg-config cmake git curl ca-certificates python3 pyt
     gcc-aarch64-linux-gnu gcc-arm-linux-gnueabihf libc6-dev-arm64-cross libc6-dev-armhf-cross
     qemu-user iproute2 alsa-utils sox mtools dosfstools fdisk cpio xz-utils kmod busybox-static)
 cross_pkgs=(libasound2-dev:arm64 libopus-dev:arm64 libspeexdsp-dev:arm64 libsqlite3-dev:arm64 libsqlite3-dev:armhf
-    libasound2-dev:armhf libopus-dev:armhf libspeexdsp-dev:armhf)
+    libasound2-dev:armhf libopus-dev:armhf libspeexdsp-dev:armhf
+    libc6:arm64 libc6:armhf) # the loader + libc qemu-user runs cross-built binaries with
 
 missing=()
 for p in "${host_pkgs[@]}" "${cross_pkgs[@]}"; do

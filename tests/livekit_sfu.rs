@@ -326,6 +326,41 @@ async fn refused_resume_falls_back_to_a_full_rejoin() {
     bob.call.leave().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_and_restarted_sfu_is_rejoined_without_help() {
+    let _serial = SERIAL.lock().await;
+    let sfu = TestSfu::start(true);
+    let (http, udp) = (sfu.http, sfu.udp);
+    let mut alice = join(&sfu, "@alice:example.org:ALICEDEV", "door", 440.0).await;
+    let mut bob = join(&sfu, "@bob:example.org:BOBDEV", "door", 1000.0).await;
+    wait_heard_after(&alice, 0, 1000.0, 50, Duration::from_secs(30)).await;
+
+    // The server dies without a word; both clients notice and keep trying.
+    sfu.kill();
+    for party in [&mut alice, &mut bob] {
+        wait_event(&mut party.events, Duration::from_secs(20), |e| {
+            *e == LiveKitEvent::Reconnecting
+        })
+        .await;
+    }
+    // It comes back on the same address, knowing nobody: each client joins again by itself.
+    let _sfu = TestSfu::restart_at(http, udp, true);
+    for party in [&mut alice, &mut bob] {
+        wait_event(&mut party.events, Duration::from_secs(40), |e| {
+            *e == LiveKitEvent::Reconnected
+        })
+        .await;
+    }
+    let mark_alice = alice.heard.lock().unwrap().len();
+    let mark_bob = bob.heard.lock().unwrap().len();
+    wait_heard_after(&alice, mark_alice, 1000.0, 100, Duration::from_secs(30)).await;
+    wait_heard_after(&bob, mark_bob, 440.0, 100, Duration::from_secs(30)).await;
+    assert_eq!(alice.call.participants().len(), 1);
+    assert_eq!(bob.call.participants().len(), 1);
+    alice.call.leave().await;
+    bob.call.leave().await;
+}
+
 async fn join_e2ee(sfu: &TestSfu, identity: &str, tone_hz: f64, keys: E2eeKeys) -> Party {
     let sink = RecordingSink::new();
     let heard = sink.recording();
