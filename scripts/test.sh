@@ -41,6 +41,9 @@ MI_QEMU_BIN=$CARGO_TARGET_DIR/aarch64-unknown-linux-gnu/debug/matrix-intercom im
 step "cross build armv7"
 cargo build --bin matrix-intercom --target armv7-unknown-linux-gnueabihf
 
+step "Debian packages for arm64 and armhf (of the debug cross builds): control, files, conffile, unit, binary"
+image/deb-test.sh --no-build --profile dev
+
 step "clippy"
 cargo clippy --workspace --all-targets -- -D warnings
 

@@ -75,6 +75,15 @@ async fn wait_event(
     }
 }
 
+/// Waits (bounded) for the end of the call and checks its reason.
+async fn wait_disconnected(party: &mut Party, reason: DisconnectReason) {
+    let ended = wait_event(&mut party.events, Duration::from_secs(20), |e| {
+        matches!(e, LiveKitEvent::Disconnected { .. })
+    })
+    .await;
+    assert_eq!(ended, LiveKitEvent::Disconnected { reason });
+}
+
 /// Waits (bounded) until `party` has heard `freq` for 5 s without a break.
 async fn wait_heard(party: &Party, freq: f64, within: Duration) {
     let deadline = Instant::now() + within;
@@ -168,16 +177,7 @@ async fn deleting_the_room_ends_the_call_with_room_deleted() {
         sfu_ref.twirp("DeleteRoom", "doomed", r#"{"room":"doomed"}"#)
     });
     assert_eq!(status, 200, "{body}");
-    let ended = wait_event(&mut carol.events, Duration::from_secs(20), |e| {
-        matches!(e, LiveKitEvent::Disconnected { .. })
-    })
-    .await;
-    assert_eq!(
-        ended,
-        LiveKitEvent::Disconnected {
-            reason: DisconnectReason::RoomDeleted
-        }
-    );
+    wait_disconnected(&mut carol, DisconnectReason::RoomDeleted).await;
     // The call is over: leaving now is harmless.
     carol.call.leave().await;
 }
@@ -492,16 +492,7 @@ async fn server_shutdown_ends_the_call_with_server_shutdown() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     tokio::task::block_in_place(|| sfu.shutdown());
-    let ended = wait_event(&mut dave.events, Duration::from_secs(20), |e| {
-        matches!(e, LiveKitEvent::Disconnected { .. })
-    })
-    .await;
-    assert_eq!(
-        ended,
-        LiveKitEvent::Disconnected {
-            reason: DisconnectReason::ServerShutdown
-        }
-    );
+    wait_disconnected(&mut dave, DisconnectReason::ServerShutdown).await;
     dave.call.leave().await;
 }
 

@@ -52,7 +52,13 @@ impl TestSfu {
     /// server: same URL, same ICE candidate, none of the old sessions or rooms).
     pub fn restart_at(http: SocketAddr, udp: SocketAddr, auto_create: bool) -> Self {
         assert_eq!(http.ip(), udp.ip(), "one address for both sockets");
-        Self::start_full(http.ip(), None, None, auto_create, (http.port(), udp.port()))
+        Self::start_full(
+            http.ip(),
+            None,
+            None,
+            auto_create,
+            (http.port(), udp.port()),
+        )
     }
 
     /// Stops the SFU as if its process were killed: no `LeaveRequest`, every socket closed.
@@ -76,7 +82,9 @@ impl TestSfu {
                 .build()
                 .expect("SFU runtime");
             rt.block_on(async move {
-                let udp = tokio::net::UdpSocket::bind((ip, udp_port)).await.expect("SFU UDP");
+                let udp = tokio::net::UdpSocket::bind((ip, udp_port))
+                    .await
+                    .expect("SFU UDP");
                 let local = udp.local_addr().unwrap();
                 let plan = NetPlan {
                     local,
