@@ -10,9 +10,9 @@ use alsa::pcm::{Access, Format, HwParams, PCM};
 use alsa::{Direction, ValueOr};
 
 /// Period we ask for: 10 ms.
-const PERIOD_MS: u32 = 10;
+pub const PERIOD_MS: u32 = 10;
 /// Periods per buffer we ask for.
-const PERIODS: u32 = 4;
+pub const PERIODS: u32 = 4;
 
 /// What can go wrong with a device.
 #[derive(Debug, thiserror::Error)]
