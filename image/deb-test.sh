@@ -109,6 +109,7 @@ for target in "${targets[@]}"; do
         libasound.so.2) pkg=libasound2 ;;
         libopus.so.0) pkg=libopus0 ;;
         libspeexdsp.so.1) pkg=libspeexdsp1 ;;
+        libsqlite3.so.0) pkg=libsqlite3-0 ;;
         *) pkg="(unknown: add $lib to Depends and to this list)" ;;
         esac
         check "needs $lib -> Depends has $pkg" grep -qE "(^|, )$pkg( |,|$)" <<<"$depends"
