@@ -216,6 +216,7 @@ pub async fn run(loaded: LoadedConfig) -> anyhow::Result<()> {
                     matrix,
                     audio.clone(),
                     crate::livekit::ConnectOptions::default(),
+                    cfg.call.require_encryption,
                     reports_tx.clone(),
                 ));
                 status_tx.send_replace(status_of(&machine.status(), true));
