@@ -255,6 +255,19 @@ async fn media_keys_flow_both_ways_with_matrix_js_sdk_and_rotate_when_a_member_l
         "bob, gone, never got the rotated key"
     );
 
+    // Cross-signing set up at the device's login: Element sees a session its owner signed.
+    let ask = json!({"cmd": "device_status", "who": "alice",
+        "user_id": side.user_id(), "device_id": side.device_id()});
+    assert!(peer.send_line(&ask.to_string()));
+    let status = tokio::task::block_in_place(|| {
+        peer.wait_json(Duration::from_secs(20), |v| v["event"] == "device_status")
+    })
+    .expect("device status from js-sdk");
+    assert_eq!(
+        status["signed_by_owner"], true,
+        "the device is cross-signed by its account: {status}"
+    );
+
     side.leave().await.expect("device leaves");
     peer.close_stdin();
     assert!(

@@ -9,11 +9,13 @@
 //    "livekit_service_url": "http://127.0.0.1:8090",
 //    "members": [{"name": "alice", "user_id": "@alice:localhost", "password": "…"}, …]}
 // stdin, one JSON per line: {"cmd": "join", "who": "alice"} | {"cmd": "leave", "who": "bob"}
+//   | {"cmd": "device_status", "who": "alice", "user_id": "@u:s", "device_id": "D"}
 // stdout, one JSON per line (everything else goes to stderr):
 //   {"event": "ready", "who", "user_id", "device_id"}
 //   {"event": "joined" | "left", "who"}
 //   {"event": "members", "who", "members": ["@u:s:DEVICE", …]}
 //   {"event": "key", "who", "user_id", "device_id", "identity", "index", "key": base64}
+//   {"event": "device_status", "who", "user_id", "device_id", "signed_by_owner": bool}
 //   {"event": "error", "message"}
 // Exits when stdin closes (leaving the call first).
 
@@ -111,6 +113,22 @@ async function leave(name) {
     emit({ event: "left", who: name });
 }
 
+// Whether `who` sees the device signed by its owner's cross-signing key (what Element shows as
+// a verified session of that user).
+async function deviceStatus(who, userId, deviceId) {
+    const p = peers.get(who) ?? fail(`unknown member ${who}`);
+    const crypto = p.client.getCrypto();
+    await crypto.getUserDeviceInfo([userId], true);
+    const status = await crypto.getDeviceVerificationStatus(userId, deviceId);
+    emit({
+        event: "device_status",
+        who,
+        user_id: userId,
+        device_id: deviceId,
+        signed_by_owner: status?.signedByOwner ?? false,
+    });
+}
+
 const lines = createInterface({ input: process.stdin });
 for await (const line of lines) {
     if (!line.trim()) continue;
@@ -122,6 +140,7 @@ for await (const line of lines) {
     }
     if (cmd.cmd === "join") join(cmd.who);
     else if (cmd.cmd === "leave") await leave(cmd.who);
+    else if (cmd.cmd === "device_status") await deviceStatus(cmd.who, cmd.user_id, cmd.device_id);
     else fail(`unknown command ${line}`);
 }
 for (const [name, p] of peers) {

@@ -13,7 +13,7 @@ fn exchange() -> KeyExchange {
         ME.1,
         ROOM,
         Box::new(move || {
-            n += 1;
+            n = n.wrapping_add(1);
             [n; 16]
         }),
     )
@@ -229,7 +229,11 @@ fn keys_wait_for_the_senders_membership() {
         Ok(vec![])
     );
     // Another device of carol's is not her membership.
-    kx.memberships(ms(t0, 100), &[alice(), p("@carol:hs", "PHONE", 7), me()]);
+    let phone = kx.memberships(ms(t0, 100), &[alice(), p("@carol:hs", "PHONE", 7), me()]);
+    assert!(
+        phone.iter().all(|a| !matches!(a, KeyAction::InstallRemote { .. })),
+        "{phone:?}"
+    );
     let actions = kx.memberships(ms(t0, 200), &[alice(), carol.clone(), me()]);
     assert_eq!(
         actions[0],
@@ -240,7 +244,7 @@ fn keys_wait_for_the_senders_membership() {
         }
     );
     assert_eq!(actions.len(), 2, "then carol gets our key: {actions:?}");
-    assert!(matches!(&actions[1], KeyAction::Send { to, .. } if *to == devices(&[carol])));
+    assert!(matches!(&actions[1], KeyAction::Send { to, .. } if to.contains(&devices(&[carol])[0])));
 }
 
 #[test]
@@ -299,9 +303,10 @@ fn failures_of_an_old_key_and_of_members_gone_are_not_retried() {
     kx.send_failed(t0, 7, &devices(&[alice()]));
     assert_eq!(kx.next_deadline(), None);
     kx.send_failed(t0, 0, &devices(&[bob()]));
-    kx.memberships(ms(t0, 100), &[alice(), me()]); // bob left: rotation drops his retry
-    assert_eq!(kx.next_deadline(), Some(ms(t0, 1100)));
-    assert_eq!(kx.tick(ms(t0, 1100)), [use_own(1, 2)]);
+    // Bob never got key 0, so his leaving needs no rotation (as in js-sdk, where a failed
+    // send is not recorded as shared); his retry comes to nothing.
+    assert_eq!(kx.memberships(ms(t0, 100), &[alice(), me()]), []);
+    assert_eq!(kx.tick(ms(t0, 1000)), []);
     assert_eq!(kx.next_deadline(), None);
 }
 
