@@ -26,8 +26,17 @@ import { createInterface } from "node:readline";
 const toStderr = (...args) => process.stderr.write(args.map(String).join(" ") + "\n");
 console.log = console.info = console.debug = console.warn = console.trace = toStderr;
 
-// Node 18 (Debian's) has Web Crypto only as a module; js-sdk expects the global.
+// js-sdk 43 asks for node >= 22; these are the two newer globals it uses that node 20 (and
+// Debian's 18) lack.
 globalThis.crypto ??= (await import("node:crypto")).webcrypto;
+Promise.withResolvers ??= function () {
+    let resolve, reject;
+    const promise = new this((res, rej) => {
+        resolve = res;
+        reject = rej;
+    });
+    return { promise, resolve, reject };
+};
 
 const sdk = await import("matrix-js-sdk");
 const { MatrixRTCSessionEvent } = await import("matrix-js-sdk/lib/matrixrtc/index.js");

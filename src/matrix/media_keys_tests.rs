@@ -231,7 +231,9 @@ fn keys_wait_for_the_senders_membership() {
     // Another device of carol's is not her membership.
     let phone = kx.memberships(ms(t0, 100), &[alice(), p("@carol:hs", "PHONE", 7), me()]);
     assert!(
-        phone.iter().all(|a| !matches!(a, KeyAction::InstallRemote { .. })),
+        phone
+            .iter()
+            .all(|a| !matches!(a, KeyAction::InstallRemote { .. })),
         "{phone:?}"
     );
     let actions = kx.memberships(ms(t0, 200), &[alice(), carol.clone(), me()]);
@@ -244,7 +246,9 @@ fn keys_wait_for_the_senders_membership() {
         }
     );
     assert_eq!(actions.len(), 2, "then carol gets our key: {actions:?}");
-    assert!(matches!(&actions[1], KeyAction::Send { to, .. } if to.contains(&devices(&[carol])[0])));
+    assert!(
+        matches!(&actions[1], KeyAction::Send { to, .. } if to.contains(&devices(&[carol])[0]))
+    );
 }
 
 #[test]
