@@ -56,14 +56,14 @@ fn js_key(
 ) -> Option<(u8, Vec<u8>, String)> {
     peer.seen
         .iter()
+        .rev()
         .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-        .filter(|v| {
+        .find(|v| {
             v["event"] == "key"
                 && v["who"] == who
                 && v["user_id"] == user
                 && v["device_id"] == device
         })
-        .last()
         .map(|v| {
             let key = base64::engine::general_purpose::STANDARD
                 .decode(v["key"].as_str().unwrap_or_default())
