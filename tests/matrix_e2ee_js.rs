@@ -8,76 +8,26 @@
 //! prints SKIPPED, unless `CI=true`, where that is a failure.
 
 mod matrix_support;
+mod support;
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use base64::Engine;
 use matrix_intercom::matrix::{MatrixSide, MediaKeyUpdate};
 use matrix_support::*;
 use mi_devstack::{DevStack, DevStackOptions};
 use mi_test_sfu::testkit::LineProcess;
-use serde_json::{json, Value};
+use serde_json::json;
+use support::jsrtc;
 
-const JSRTC: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/dev/jsrtc");
-
-fn ci() -> bool {
-    std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "false" && v != "0")
-}
-
-/// `node` and the installed js-sdk, or a loud skip (a failure under CI).
-fn node_or_skip(test: &str) -> Option<PathBuf> {
-    let node = std::env::var_os("MI_NODE")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("node"));
-    let works = Command::new(&node)
-        .arg("--version")
-        .output()
-        .is_ok_and(|o| o.status.success());
-    let sdk = Path::new(JSRTC).join("node_modules/matrix-js-sdk/package.json");
-    let missing = match (works, sdk.exists()) {
-        (true, true) => return Some(node),
-        (false, _) => format!("no working node ({})", node.display()),
-        (true, false) => format!("{} missing (run scripts/setup.sh: npm ci)", sdk.display()),
-    };
-    assert!(!ci(), "{test}: CI is set but {missing}");
-    eprintln!("SKIPPED {test}: {missing}");
-    None
-}
-
-/// The js-sdk peer's view: the last key it reported for (reporter, user, device).
+/// The last key js-sdk member `who` handed its media layer for (user, device).
 fn js_key(
     peer: &LineProcess,
     who: &str,
     user: &str,
     device: &str,
 ) -> Option<(u8, Vec<u8>, String)> {
-    peer.seen
-        .iter()
-        .rev()
-        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-        .find(|v| {
-            v["event"] == "key"
-                && v["who"] == who
-                && v["user_id"] == user
-                && v["device_id"] == device
-        })
-        .map(|v| {
-            let key = base64::engine::general_purpose::STANDARD
-                .decode(v["key"].as_str().unwrap_or_default())
-                .expect("js-sdk key is base64");
-            let index = v["index"]
-                .as_u64()
-                .and_then(|i| u8::try_from(i).ok())
-                .expect("index 0..=255");
-            (
-                index,
-                key,
-                v["identity"].as_str().unwrap_or_default().to_owned(),
-            )
-        })
+    jsrtc::last_key(peer, who, user, device).map(|k| (k.index, k.key, k.identity))
 }
 
 /// Reads new peer lines for up to `ms` without blocking the runtime.
@@ -133,7 +83,7 @@ async fn media_keys_flow_both_ways_with_matrix_js_sdk_and_rotate_when_a_member_l
     let Some(python) = mi_devstack::test_python_or_skip(test) else {
         return;
     };
-    let Some(node) = node_or_skip(test) else {
+    let Some(node) = jsrtc::node_or_skip(test) else {
         return;
     };
     let stack = DevStack::start(DevStackOptions {
@@ -156,11 +106,7 @@ async fn media_keys_flow_both_ways_with_matrix_js_sdk_and_rotate_when_a_member_l
             {"name": "bob", "user_id": bob.user_id, "password": bob.password.expose()},
         ],
     });
-    let mut cmd = Command::new(node);
-    cmd.arg(Path::new(JSRTC).join("rtc_peer.mjs"))
-        .current_dir(JSRTC)
-        .env("MI_JSRTC_CONFIG", config.to_string());
-    let mut peer = LineProcess::spawn("jsrtc", cmd).expect("node started");
+    let mut peer = jsrtc::spawn(&node, None, &config);
     let mut device_of = |who: &str| {
         tokio::task::block_in_place(|| {
             peer.wait_json(Duration::from_secs(60), |v| {

@@ -8,6 +8,9 @@
 //   {"homeserver": "http://127.0.0.1:8008", "room_id": "!r:localhost",
 //    "livekit_service_url": "http://127.0.0.1:8090",
 //    "members": [{"name": "alice", "user_id": "@alice:localhost", "password": "…"}, …]}
+//   A member with "access_token" and "device_id" instead of "password" uses that existing
+//   session (a device without crypto keys yet), so its LiveKit identity can be shared with a
+//   media peer that got its token for the same device.
 // stdin, one JSON per line: {"cmd": "join", "who": "alice"} | {"cmd": "leave", "who": "bob"}
 //   | {"cmd": "device_status", "who": "alice", "user_id": "@u:s", "device_id": "D"}
 // stdout, one JSON per line (everything else goes to stderr):
@@ -51,15 +54,22 @@ process.on("unhandledRejection", (e) => fail(`unhandled: ${e?.stack ?? e}`));
 const config = JSON.parse(process.env.MI_JSRTC_CONFIG ?? "null") ?? fail("MI_JSRTC_CONFIG unset");
 const b64 = (bytes) => Buffer.from(bytes).toString("base64");
 
-async function start(member) {
+async function logIn(member) {
+    if (member.access_token) {
+        return { user_id: member.user_id, device_id: member.device_id, access_token: member.access_token };
+    }
     const localpart = member.user_id.slice(1).split(":")[0];
     const anon = sdk.createClient({ baseUrl: config.homeserver });
-    const login = await anon.loginRequest({
+    return await anon.loginRequest({
         type: "m.login.password",
         identifier: { type: "m.id.user", user: localpart },
         password: member.password,
         initial_device_display_name: `jsrtc ${member.name}`,
     });
+}
+
+async function start(member) {
+    const login = await logIn(member);
     const client = sdk.createClient({
         baseUrl: config.homeserver,
         userId: login.user_id,
