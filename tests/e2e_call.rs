@@ -298,6 +298,16 @@ struct Daemon {
 
 impl Daemon {
     fn start(world: &World, ring_timeout_s: u32, leave_when_alone_s: u32) -> Self {
+        Self::start_with(world, ring_timeout_s, leave_when_alone_s, "")
+    }
+
+    /// `call_extra`: more `[call]` settings, one per line.
+    fn start_with(
+        world: &World,
+        ring_timeout_s: u32,
+        leave_when_alone_s: u32,
+        call_extra: &str,
+    ) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let info = &world.stack.info;
         // 3 minutes of the device's "microphone": a 440 Hz tone.
@@ -330,7 +340,7 @@ impl Daemon {
                  [audio]\ncapture = \"e2e_mic\"\nplayback = \"e2e_speaker\"\nwall_clock = true\n\
                  # A steady test tone is exactly what a noise suppressor removes.\n\
                  noise_suppression = false\nauto_gain = false\n\
-                 [call]\nring_timeout_s = {ring_timeout_s}\nleave_when_alone_s = {leave_when_alone_s}\n\
+                 [call]\nring_timeout_s = {ring_timeout_s}\nleave_when_alone_s = {leave_when_alone_s}\n{call_extra}\
                  [control]\nsocket = {sock:?}\n",
                 hs = info.homeserver_url,
                 user = info.users.intercom.user_id,
@@ -761,4 +771,33 @@ fn in_an_encrypted_room_keys_go_over_olm_and_encrypted_audio_flows_both_ways() {
     daemon.wait_state("idle", Duration::from_secs(20));
     peer.close_stdin();
     js.close_stdin();
+}
+
+#[test]
+fn require_encryption_refuses_a_call_in_an_unencrypted_room() {
+    let Some(world) = world("e2e require_encryption") else {
+        return;
+    };
+    let mut daemon = Daemon::start_with(&world, 60, 5, "require_encryption = true\n");
+    let device_id = daemon.device_id();
+    daemon.ctl("press");
+    let status = daemon.wait_for(Duration::from_secs(30), "the refusal", |s| {
+        s["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("not end-to-end encrypted"))
+    });
+    assert!(
+        status["last_error"]
+            .as_str()
+            .unwrap()
+            .contains("require_encryption"),
+        "the error names the setting: {status}"
+    );
+    daemon.wait_state("idle", Duration::from_secs(20));
+    assert!(
+        world
+            .membership(&device_id)
+            .is_none_or(|c| c.get("application").is_none()),
+        "no call membership was published"
+    );
 }
