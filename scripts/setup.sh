@@ -88,6 +88,7 @@ fi
 # exactly as locked in dev/jsrtc/package-lock.json.
 if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
     log "installing node and npm"
+    apt-get update -q
     DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends nodejs npm
 fi
 jsrtc=$repo/dev/jsrtc

@@ -217,7 +217,35 @@ impl SyncLoop {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use matrix_sdk::ruma::serde::Raw;
     use serde_json::json;
+
+    fn plain(v: Value) -> ProcessedToDeviceEvent {
+        ProcessedToDeviceEvent::PlainText(Raw::from_json_string(v.to_string()).unwrap())
+    }
+
+    #[test]
+    fn cleartext_key_messages_are_marked_unencrypted_and_other_types_ignored() {
+        let content = json!({"keys": {"index": 0, "key": "AAAA"}, "room_id": "!r:hs"});
+        let msg = key_message(&plain(json!({"type": KEY_EVENT_TYPE, "sender": "@eve:hs",
+            "content": content})))
+        .expect("a key message");
+        assert_eq!(
+            msg,
+            ReceivedKeyMessage {
+                sender: "@eve:hs".into(),
+                encrypted: false,
+                content,
+            }
+        );
+        assert_eq!(
+            key_message(&plain(
+                json!({"type": "m.room_key_request", "sender": "@eve:hs",
+                "content": {}})
+            )),
+            None
+        );
+    }
 
     #[test]
     fn door_requests_from_message_and_key_reaction() {
