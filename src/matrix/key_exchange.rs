@@ -127,6 +127,7 @@ impl KeyDriver {
             let update = match action {
                 KeyAction::Send { index, key, to } => {
                     let failed = self.send_key(index, &key, &to).await;
+                    kx.key_sent(Instant::now(), index);
                     if !failed.is_empty() {
                         kx.send_failed(Instant::now(), index, &failed);
                     }

@@ -9,7 +9,7 @@
 //! Rules (js-sdk, checked against `RTCEncryptionManager.ts`):
 //! - the first key has index 0 and is used at once; it goes to every other member;
 //! - a member left (or re-joined with a new membership): a new key, index + 1 mod 256, goes to
-//!   all current members and is used [`USE_KEY_DELAY`] later;
+//!   all current members and is used [`USE_KEY_DELAY`] after its send finished;
 //! - a member joined: if our key is younger than [`ROTATION_GRACE`] the joiner gets it, else
 //!   rotate as for a leave;
 //! - while a new key waits for its use, further membership changes are handled once it is in
@@ -189,6 +189,16 @@ impl KeyExchange {
             if count <= SEND_RETRIES {
                 self.retries
                     .push((who, now + RETRY_WAIT * (1 << (count - 1))));
+            }
+        }
+    }
+
+    /// The send of key `index` finished (reached the server, or failed): a rotated key comes
+    /// into use [`USE_KEY_DELAY`] from now, as js-sdk waits after its send.
+    pub fn key_sent(&mut self, now: Instant, index: u8) {
+        if self.outbound.as_ref().is_some_and(|o| o.index == index) {
+            if let Some(at) = self.pending_use.as_mut() {
+                *at = (*at).max(now + USE_KEY_DELAY);
             }
         }
     }

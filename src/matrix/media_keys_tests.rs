@@ -145,6 +145,19 @@ fn a_leave_rotates_to_the_next_index_for_those_remaining_used_after_one_second()
 }
 
 #[test]
+fn a_slow_send_delays_the_switch_to_one_second_after_it_finished() {
+    let (mut kx, t0) = in_call_with_alice_and_bob();
+    kx.memberships(t0, &[alice(), me()]);
+    kx.key_sent(ms(t0, 2500), 1); // the send took 2.5 s
+    kx.key_sent(ms(t0, 2500), 0); // a late report about the old key changes nothing
+    assert_eq!(kx.tick(ms(t0, 3499)), []);
+    assert_eq!(kx.tick(ms(t0, 3500)), [use_own(1, 2)]);
+    // A send finishing after the switch changes nothing either.
+    kx.key_sent(ms(t0, 4000), 1);
+    assert_eq!(kx.next_deadline(), None);
+}
+
+#[test]
 fn changes_while_a_new_key_waits_are_handled_once_it_is_in_use() {
     let (mut kx, t0) = in_call_with_alice_and_bob();
     kx.memberships(t0, &[alice(), me()]); // bob left: key 1 pending
