@@ -244,6 +244,7 @@ pub async fn run(loaded: LoadedConfig, boot_file: std::path::PathBuf) -> anyhow:
                     matrix,
                     audio.clone(),
                     crate::livekit::ConnectOptions::default(),
+                    cfg.call.require_encryption,
                     reports_tx.clone(),
                 ));
                 status_tx.send_replace(status_of(&machine.status(), true));
