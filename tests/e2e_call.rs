@@ -771,6 +771,18 @@ fn in_an_encrypted_room_keys_go_over_olm_and_encrypted_audio_flows_both_ways() {
     daemon.wait_state("idle", Duration::from_secs(20));
     peer.close_stdin();
     js.close_stdin();
+    // Once alice's first packet decrypted, none failed: the key exchange kept up.
+    let log = daemon.log();
+    let stats = log
+        .lines()
+        .find(|l| l.contains("call audio received") && l.contains(&alice_identity))
+        .unwrap_or_else(|| panic!("no audio statistics for alice at leave:\n{}", tail(&log)));
+    let late_failures = stats
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("undecryptable_after_first_key="))
+        .and_then(|n| n.parse::<u64>().ok())
+        .unwrap_or_else(|| panic!("no failure count in {stats}"));
+    assert_eq!(late_failures, 0, "{stats}");
 }
 
 #[test]

@@ -145,6 +145,19 @@ impl CallDriver {
             (self.matrix.clone(), self.reports.clone(), self.call.clone());
         tokio::spawn(async move {
             if let Some(lk) = call.lock().await.take() {
+                for t in lk.stats().tracks {
+                    let d = t.stats.decode;
+                    tracing::info!(
+                        participant = t.identity.as_deref().unwrap_or("?"),
+                        packets = t.stats.packets_received,
+                        decoded = d.frames_decoded,
+                        concealed = d.frames_concealed,
+                        fec = d.frames_fec,
+                        undecryptable = t.stats.undecryptable,
+                        undecryptable_after_first_key = t.stats.undecryptable_after_first_key,
+                        "call audio received"
+                    );
+                }
                 lk.leave().await;
             }
             match matrix.leave().await {
