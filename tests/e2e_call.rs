@@ -478,6 +478,19 @@ impl Drop for Daemon {
     }
 }
 
+/// Waits (bounded) until the device's speaker played 5 s of the peer's tone; `between` runs
+/// between checks (it waits a little, or serves the peer).
+fn device_hears_peer(daemon: &Daemon, what: &str, mut between: impl FnMut()) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while longest_tone_run(&daemon.heard(), f64::from(PEER_TONE)) < 250 {
+        assert!(
+            Instant::now() < deadline,
+            "the device's speaker never played 5 s of {what}"
+        );
+        between();
+    }
+}
+
 fn tail(log: &str) -> String {
     let lines: Vec<&str> = log.lines().collect();
     lines[lines.len().saturating_sub(30)..].join("\n")
@@ -582,14 +595,9 @@ fn press_rings_peer_answers_audio_both_ways_second_press_leaves() {
     let mut peer = world.python_peer("alice-phone");
     daemon.wait_state("in_call", Duration::from_secs(30));
     peer_hears_device(&mut peer, &identity, 5);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while longest_tone_run(&daemon.heard(), f64::from(PEER_TONE)) < 250 {
-        assert!(
-            Instant::now() < deadline,
-            "the device's speaker never played 5 s of the peer's tone"
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    device_hears_peer(&daemon, "the peer's tone", || {
+        std::thread::sleep(Duration::from_millis(200))
+    });
 
     daemon.ctl("press");
     daemon.wait_state("idle", Duration::from_secs(20));
@@ -759,14 +767,9 @@ fn in_an_encrypted_room_keys_go_over_olm_and_encrypted_audio_flows_both_ways() {
     relay_keys(&mut js, &mut peer, &alice_identity, &mut relayed);
     daemon.wait_state("in_call", Duration::from_secs(30));
     peer_hears_device(&mut peer, &identity, 5);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while longest_tone_run(&daemon.heard(), f64::from(PEER_TONE)) < 250 {
-        assert!(
-            Instant::now() < deadline,
-            "the device's speaker never played 5 s of alice's encrypted tone"
-        );
-        relay_keys(&mut js, &mut peer, &alice_identity, &mut relayed);
-    }
+    device_hears_peer(&daemon, "alice's encrypted tone", || {
+        relay_keys(&mut js, &mut peer, &alice_identity, &mut relayed)
+    });
     daemon.ctl("press");
     daemon.wait_state("idle", Duration::from_secs(20));
     peer.close_stdin();
