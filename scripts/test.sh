@@ -37,6 +37,9 @@ timeout 120 qemu-aarch64 -L /usr/aarch64-linux-gnu \
 step "whole-system test: our aarch64 binary in QEMU (arm64 kernel, PL061 button, virtio-sound)"
 MI_QEMU_BIN=$CARGO_TARGET_DIR/aarch64-unknown-linux-gnu/debug/matrix-intercom image/qemu-test.sh
 
+step "whole-system call test: the daemon in QEMU is provisioned, presses join, a LiveKit SDK peer answers"
+MI_QEMU_BIN=$CARGO_TARGET_DIR/aarch64-unknown-linux-gnu/debug/matrix-intercom image/qemu-call-test.sh
+
 step "cross build armv7"
 cargo build --bin matrix-intercom --target armv7-unknown-linux-gnueabihf
 
