@@ -77,7 +77,7 @@ ip -n "$ns_b" link set mi-qc-b up
 
 log "starting the dev stack in $ns_a on $ip_a"
 ip netns exec "$ns_a" "$devstack" --dir "$work/stack" --python "$python" --out "$work/stack.json" \
-    --http-bind "$ip_a" --sfu-bind "$ip_a" --stop-on-stdin-eof </dev/null >"$work/devstack.log" 2>&1 &
+    --http-bind "$ip_a" --sfu-bind "$ip_a" </dev/null >"$work/devstack.log" 2>&1 &
 stack_pid=$!
 deadline=$((SECONDS + 150))
 until [[ -s $work/stack.json ]]; do

@@ -161,6 +161,10 @@ if [[ -n $bin ]]; then
     fi
     add_libs "$root/usr/bin/matrix-intercom"
     cp "$repo/board/qemu-virt.toml" "$root/etc/matrix-intercom/config.toml"
+    # the system CA store (ca-certificates on the device): matrix-sdk's HTTP client refuses to
+    # start without one, even for an http:// homeserver
+    mkdir -p "$root/etc/ssl/certs"
+    cp -L /etc/ssl/certs/ca-certificates.crt "$root/etc/ssl/certs/"
 elif [[ ${MI_QEMU_REQUIRE_BIN:-} == 1 ]]; then
     die "no aarch64 matrix-intercom binary (cargo build --release --target aarch64-unknown-linux-gnu)"
 else
