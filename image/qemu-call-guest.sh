@@ -34,8 +34,13 @@ rss() { sed -n 's/^VmRSS:[[:space:]]*//p' "/proc/$daemon/status" 2>/dev/null; }
 finish() {
     [ -n "${daemon:-}" ] && kill "$daemon" 2>/dev/null
     [ -n "${mic:-}" ] && kill "$mic" 2>/dev/null
-    echo "MI: daemon log (last 40 lines):"
-    tail -n 40 /tmp/daemon.log 2>/dev/null
+    if [ "$1" != 0 ]; then
+        echo "MI: in the call: daemon CPU $(cpu_pct)% of one core, load $(cat /proc/loadavg)"
+        for t in /proc/"$daemon"/task/*; do echo "MI: thread $(cat "$t/comm"): $(awk '{print $14 + $15}' "$t/stat") ticks"; done
+        dmesg | tail -n 5
+        echo "MI: daemon log (last 150 lines without debug/trace):"
+        grep -v ' DEBUG \| TRACE ' /tmp/daemon.log | tail -n 150
+    fi
     exit "$1"
 }
 
@@ -100,7 +105,12 @@ else
     finish 1
 fi
 
+# CPU time of the daemon in clock ticks (utime + stime), and the clock.
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$daemon/stat"; }
+now_cs() { awk '{printf "%d", $1 * 100}' /proc/uptime; }
 # In the call: the service's memory, sampled until the host has heard enough.
+cpu0=$(cpu_ticks) t_cs0=$(now_cs)
+cpu_pct() { echo $((($(cpu_ticks) - cpu0) * 100 / ($(now_cs) - t_cs0 + 1))); }
 max_rss=0
 sample_rss() {
     r=$(rss | awk '{print $1}')
@@ -109,7 +119,7 @@ sample_rss() {
 }
 if wait_until 120 sample_rss; then
     case $(host_says) in fail*) fail call-host "$(host_says)"; finish 1 ;; esac
-    ok call-rss "VmRSS of matrix-intercom in the call: max ${max_rss} kB"
+    ok call-rss "VmRSS of matrix-intercom in the call: max ${max_rss} kB; CPU $(cpu_pct)% of one core"
 else
     fail call-host "the host did not finish its checks within 120 s: $(host_says)"
     finish 1

@@ -109,6 +109,7 @@ class Peer:
 
     def __init__(self, ns, python, script, url, jwt):
         self.lines = []
+        self.seen = 0  # lines already handed to a wait()
         self.proc = subprocess.Popen(
             ["ip", "netns", "exec", ns, python, script, url, jwt, str(PEER_TONE), str(DEVICE_TONE), "120"],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
@@ -123,15 +124,15 @@ class Peer:
                 pass
 
     def wait(self, within, cond, what):
+        """The next line (after those seen by earlier waits) for which cond holds."""
         deadline = time.monotonic() + within
-        seen = 0
         while time.monotonic() < deadline:
-            while seen < len(self.lines):
-                v = self.lines[seen]
-                seen += 1
+            while self.seen < len(self.lines):
+                v = self.lines[self.seen]
+                self.seen += 1
                 if cond(v):
                     return v
-            if self.proc.poll() is not None and seen == len(self.lines):
+            if self.proc.poll() is not None and self.seen == len(self.lines):
                 raise RuntimeError(f"the peer exited ({self.proc.returncode}) before {what}")
             time.sleep(0.1)
         raise RuntimeError(f"the peer saw no {what} within {within} s")
@@ -161,7 +162,7 @@ def scenario(s, peer_ns, python, script):
     try:
         peer.wait(60, lambda v: v.get("event") == "connected", "connection to the SFU")
         run, good = 0, None
-        deadline = time.monotonic() + 90
+        deadline = time.monotonic() + 60
         while run < 3:
             left = deadline - time.monotonic()
             if left <= 0:

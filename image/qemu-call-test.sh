@@ -109,6 +109,7 @@ t = setkey(t, "capture", "plughw:CARD=Loopback,DEV=1")
 t = setkey(t, "playback", "plughw:CARD=SoundCard,DEV=0")
 # A steady test tone is exactly what a noise suppressor removes.
 t = t.replace("\n[control]", "noise_suppression = false\nauto_gain = false\n\n[control]", 1)
+t = setkey(t, "echo_cancellation", False)
 assert "auto_gain" in t
 print(t + """
 [call]
