@@ -177,5 +177,11 @@ EOF
 
 boot=$(sed -n 's/.*boot to init script: \([0-9]*\) ms.*/\1/p' "$work/qemu-test.log")
 rss=$(sed -n 's/.*MI-OK call-rss \(.*\)/\1/p' "$work/qemu-test.log" | head -1)
-timings=$(python3 -c 'import json,sys; r=json.load(open(sys.argv[1])); print(f"press->joined {r[\"press_to_joined_s\"]} s, answer->heard {r[\"answer_to_heard_s\"]} s, leave (press->membership gone) {r[\"press_to_left_s\"]} s")' "$work/results.json")
+timings=$(python3 - "$work/results.json" <<'EOF'
+import json, sys
+r = json.load(open(sys.argv[1]))
+print(f"first press -> membership in Synapse {r['press_to_joined_s']} s, answer -> peer heard the device "
+      f"{r['answer_to_heard_s']} s, second press -> membership gone {r['press_to_left_s']} s")
+EOF
+)
 log "PASS: boot ${boot} ms; ${timings}; ${rss}; total $((SECONDS - t0)) s"
