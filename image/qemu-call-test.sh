@@ -16,12 +16,13 @@
 #     in Synapse (read as alice); alice answers (lk_peer.py, 750 Hz tone) and hears the device's
 #     1 kHz microphone (a tone aplay'ed into snd-aloop in the guest); the device's speaker
 #     (virtio-sound -> QEMU's wav audiodev) plays alice's tone; second press -> membership gone.
-#     Audio checks count good windows rather than demand unbroken runs: a debug build on an
-#     emulated CPU has dropouts (ALSA reports them as I/O errors and the daemon reopens).
+#     Audio checks count good windows rather than demand unbroken runs: on an emulated CPU on a
+#     busy host there are dropouts (ALSA wait timeouts: I/O errors, after which the daemon reopens).
 # Prints boot, press->joined and leave times and the service's VmRSS in the call.
 #
 # Usage: image/qemu-call-test.sh   (as root; after `cargo build --workspace --bins` for the host
-#        and `cargo build --bin matrix-intercom --target aarch64-unknown-linux-gnu`)
+#        and `cargo build --profile qemu --bin matrix-intercom --target aarch64-unknown-linux-gnu`:
+#        optimized without LTO; a debug build has audio dropouts on the emulated CPU)
 # Env:   MI_PYTHON (venv with matrix-synapse and livekit; scripts/setup.sh makes it),
 #        CARGO_TARGET_DIR, MI_QEMU_BIN (aarch64 binary), MI_QEMU_KEEP=1 (keep the work files)
 set -euo pipefail
@@ -38,8 +39,10 @@ python=${MI_PYTHON:-}
 [[ -n $python && -x $python ]] || die "MI_PYTHON must name the venv python with matrix-synapse and livekit (scripts/setup.sh)"
 devstack=$target/debug/mi-devstack
 [[ -x $devstack ]] || die "$devstack missing: cargo build --workspace --bins"
-bin=${MI_QEMU_BIN:-$target/aarch64-unknown-linux-gnu/debug/matrix-intercom}
-[[ -x $bin ]] || die "$bin missing: cargo build --bin matrix-intercom --target aarch64-unknown-linux-gnu"
+bin=${MI_QEMU_BIN:-$target/aarch64-unknown-linux-gnu/qemu/matrix-intercom}
+[[ -x $bin ]] || die "$bin missing: cargo build --profile qemu --bin matrix-intercom --target aarch64-unknown-linux-gnu"
+[[ $bin == */debug/* ]] &&
+    log "WARNING: $bin is a debug build: on the emulated CPU it has audio dropouts; the audio checks will likely fail (use --profile qemu)"
 
 work=$(mktemp -d "${TMPDIR:-/tmp}/mi-qemu-call.XXXXXX")
 subnet=$((200 + $$ % 50))
