@@ -28,7 +28,14 @@
 #                                   `MI-PRESS` lines: the host presses the button once per line
 #        MI_QEMU_NEED="name ..."    extra MI-OK names that must appear
 #        MI_QEMU_HOST_CMD=cmd       run (bash -c) inside the test's namespace before QEMU starts and
-#                                   stopped at the end; the guest reaches it at 10.0.2.2
+#                                   stopped at the end; the guest reaches it at 10.0.2.2. It gets
+#                                   MI_QEMU_CONSOLE (the guest console file) in its environment
+#        MI_QEMU_NETNS=name         run QEMU in this existing network namespace (made and deleted
+#                                   by the caller, e.g. with a veth to a second one) instead of a
+#                                   fresh one with only lo
+#        MI_QEMU_PROVISIONING=file  the provisioning file injected into the FAT partition (default:
+#                                   one with only [matrix] homeserver)
+#        MI_QEMU_WAV=path           where QEMU's wav audiodev writes the guest's playback (kept)
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
 cache=${MI_CACHE:-$repo/.cache}/qemu
@@ -86,7 +93,10 @@ alsautilsdir=$(fetch_pkg alsa-utils)
 
 # ---------------------------------------------------------------------------------------------
 work=$(mktemp -d "${TMPDIR:-/tmp}/mi-qemu.XXXXXX")
-ns=mi-qemu-$$
+ns=${MI_QEMU_NETNS:-mi-qemu-$$}
+own_ns=
+[[ -n ${MI_QEMU_NETNS:-} ]] || own_ns=1
+wav=${MI_QEMU_WAV:-$work/out.wav}
 qemu_pid=
 host_pid=
 cleanup() {
@@ -96,7 +106,7 @@ cleanup() {
     [[ -n $host_pid ]] && kill "$host_pid" 2>/dev/null && wait "$host_pid" 2>/dev/null
     [[ -n ${extra_pid:-} ]] && kill -- -"$extra_pid" 2>/dev/null && wait "$extra_pid" 2>/dev/null
     [[ -n ${extra_pid:-} && ${MI_QEMU_KEEP:-} != 1 ]] && sed 's/^/    host-cmd| /' "$work/host-cmd.log" >&2
-    ip netns del "$ns" 2>/dev/null || true
+    [[ -n $own_ns ]] && ip netns del "$ns" 2>/dev/null
     if [[ ${MI_QEMU_KEEP:-} == 1 ]]; then log "work directory kept: $work"; else rm -rf "$work"; fi
     exit "$rc"
 }
@@ -151,6 +161,10 @@ if [[ -n $bin ]]; then
     fi
     add_libs "$root/usr/bin/matrix-intercom"
     cp "$repo/board/qemu-virt.toml" "$root/etc/matrix-intercom/config.toml"
+    # the system CA store (ca-certificates on the device): matrix-sdk's HTTP client refuses to
+    # start without one, even for an http:// homeserver
+    mkdir -p "$root/etc/ssl/certs"
+    cp -L /etc/ssl/certs/ca-certificates.crt "$root/etc/ssl/certs/"
 elif [[ ${MI_QEMU_REQUIRE_BIN:-} == 1 ]]; then
     die "no aarch64 matrix-intercom binary (cargo build --release --target aarch64-unknown-linux-gnu)"
 else
@@ -205,20 +219,29 @@ chmod 755 "$root/init"
 
 # a partitioned disk image with a FAT partition, provisioning file injected without root/loop
 nonce=$(od -An -N8 -tx1 /dev/urandom | tr -d ' \n')
-cat >"$work/provision.toml" <<EOF
+if [[ -n ${MI_QEMU_PROVISIONING:-} ]]; then
+    { echo "# mi-test-nonce = \"$nonce\""; cat "$MI_QEMU_PROVISIONING"; } >"$work/provision.toml"
+else
+    cat >"$work/provision.toml" <<EOF
 # provisioning file written by image/qemu-test.sh
 # mi-test-nonce = "$nonce"
 [matrix]
 homeserver = "http://10.0.2.2:8008"
 EOF
+fi
 "$repo/image/make-test-disk.sh" "$work/disk.img" >/dev/null
 "$repo/image/inject-provisioning.sh" "$work/disk.img" "$work/provision.toml" >/dev/null
 log "guest assets ready: kernel $kver, $(du -h "$work/init.cpio.gz" | cut -f1) initramfs, modules: ${mod_order[*]} ($((SECONDS - t0)) s)"
 
 # ---------------------------------------------------------------------------------------------
-# The network namespace: only lo. QEMU's slirp maps 10.0.2.2 to this loopback.
-ip netns add "$ns"
-ip -n "$ns" link set lo up
+# The network namespace: only lo (unless the caller gave one). QEMU's slirp maps 10.0.2.2 to
+# this loopback, and connects other destinations from sockets in this namespace.
+if [[ -n $own_ns ]]; then
+    ip netns add "$ns"
+    ip -n "$ns" link set lo up
+fi
+console=$work/console.log
+: >"$console"
 port=$((20000 + $$ % 20000))
 ip netns exec "$ns" python3 - "$port" >"$work/host.log" 2>&1 <<'EOF' &
 import socket, sys
@@ -239,13 +262,11 @@ EOF
 host_pid=$!
 extra_pid=
 if [[ -n ${MI_QEMU_HOST_CMD:-} ]]; then
-    ip netns exec "$ns" setsid bash -c "$MI_QEMU_HOST_CMD" >"$work/host-cmd.log" 2>&1 &
+    MI_QEMU_CONSOLE=$console ip netns exec "$ns" setsid bash -c "$MI_QEMU_HOST_CMD" >"$work/host-cmd.log" 2>&1 &
     extra_pid=$!
 fi
 
-console=$work/console.log
 qmp=$work/qmp.sock
-: >"$console"
 boot_start=$SECONDS
 boot_start_ns=$(date +%s%N)
 ip netns exec "$ns" timeout "$timeout_s" qemu-system-aarch64 -M virt,acpi=off -cpu cortex-a72 -smp 2 -m 512 \
@@ -254,7 +275,7 @@ ip netns exec "$ns" timeout "$timeout_s" qemu-system-aarch64 -M virt,acpi=off -c
     -append "console=ttyAMA0 panic=-1 quiet mi.port=$port" -no-reboot \
     -qmp "unix:$qmp,server=on,wait=off" \
     -netdev user,id=n0 -device virtio-net-pci,netdev=n0,romfile= \
-    -audiodev "wav,id=a0,path=$work/out.wav" -device virtio-sound-pci,audiodev=a0 \
+    -audiodev "wav,id=a0,path=$wav" -device virtio-sound-pci,audiodev=a0 \
     -drive "file=$work/disk.img,format=raw,if=virtio" >"$work/qemu.log" 2>&1 &
 qemu_pid=$!
 
@@ -326,7 +347,7 @@ missing=()
 for n in "${need[@]}"; do grep -q "^MI-OK $n\b" "$console" || missing+=("$n"); done
 grep -q "^MI-OK provisioning $nonce" "$console" || missing+=("provisioning-nonce")
 # the guest's playback must have reached the host: non-silent samples in QEMU's wav file
-if python3 - "$work/out.wav" <<'EOF'; then log "host: guest playback arrived in out.wav"; else missing+=("out.wav-signal"); fi
+if python3 - "$wav" <<'EOF'; then log "host: guest playback arrived in out.wav"; else missing+=("out.wav-signal"); fi
 import struct, sys
 data = open(sys.argv[1], "rb").read()
 i = data.find(b"data")

@@ -38,6 +38,11 @@ timeout 120 qemu-aarch64 \
 step "whole-system test: our aarch64 binary in QEMU (arm64 kernel, PL061 button, virtio-sound)"
 MI_QEMU_BIN=$CARGO_TARGET_DIR/aarch64-unknown-linux-gnu/debug/matrix-intercom image/qemu-test.sh
 
+step "whole-system call test: the daemon in QEMU is provisioned, presses join, a LiveKit SDK peer answers"
+# Optimized guest binary (profile qemu: no LTO): a debug build cannot keep real-time audio under TCG.
+cargo build --profile qemu --bin matrix-intercom --target aarch64-unknown-linux-gnu
+MI_QEMU_BIN=$CARGO_TARGET_DIR/aarch64-unknown-linux-gnu/qemu/matrix-intercom image/qemu-call-test.sh
+
 step "cross build armv7"
 cargo build --bin matrix-intercom --target armv7-unknown-linux-gnueabihf
 

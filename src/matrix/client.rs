@@ -68,8 +68,27 @@ async fn build_client(cfg: &Config, homeserver: &str) -> Result<Client, MatrixEr
         .map_err(|e| MatrixError::InvalidConfig {
             what: "matrix.homeserver",
             value: homeserver.to_owned(),
-            reason: e.to_string(),
+            reason: build_failure(&e),
         })
+}
+
+/// The client builder's error with its innermost cause (reqwest says only "builder error").
+/// matrix-sdk's HTTP client verifies TLS with the system's CA store and refuses to start
+/// without one, even for an `http://` homeserver: say so.
+fn build_failure(e: &matrix_sdk::ClientBuildError) -> String {
+    let mut innermost = None;
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        innermost = Some(s.to_string());
+        source = s.source();
+    }
+    match innermost {
+        Some(cause) if cause.contains("CA certificates") => format!(
+            "{e}: {cause}; install the system's CA certificates (Debian package ca-certificates) or set tls.ca_file"
+        ),
+        Some(cause) => format!("{e}: {cause}"),
+        None => e.to_string(),
+    }
 }
 
 fn stored_from_client(client: &Client, homeserver: &str) -> Option<StoredSession> {

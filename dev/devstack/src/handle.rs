@@ -64,6 +64,8 @@ pub struct DevStackOptions {
     pub token_port: Option<u16>,
     pub sfu_port: Option<u16>,
     pub sfu_udp_port: Option<u16>,
+    /// Synapse's extra and the token service's address [default: 127.0.0.1] (`--http-bind`).
+    pub http_bind: Option<IpAddr>,
     /// SFU bind address [default: 127.0.0.1] and advertised address [default: bind].
     pub sfu_bind: Option<IpAddr>,
     pub sfu_advertise: Option<IpAddr>,
@@ -86,6 +88,7 @@ impl Default for DevStackOptions {
             token_port: None,
             sfu_port: None,
             sfu_udp_port: None,
+            http_bind: None,
             sfu_bind: None,
             sfu_advertise: None,
             token_service: None,
@@ -232,6 +235,7 @@ impl DevStack {
             cmd.arg(flag).arg(port.to_string());
         }
         for (flag, ip) in [
+            ("--http-bind", opts.http_bind),
             ("--sfu-bind", opts.sfu_bind),
             ("--sfu-advertise", opts.sfu_advertise),
         ] {

@@ -53,7 +53,7 @@ pub fn sfu_command(bin: &Path, s: &HelperSettings<'_>) -> Command {
 }
 
 /// `mi-token-service --listen … --livekit-url … --livekit-key … --homeserver NAME=URL
-/// --allow-insecure-loopback --sfu-admin-url …`, with `LIVEKIT_SECRET` in its environment.
+/// --allow-insecure-loopback [--allow-private-listen] --sfu-admin-url …`, with `LIVEKIT_SECRET` in its environment.
 /// The SFU admin URL is passed only when the SFU listens on loopback (the token service talks
 /// plain HTTP to loopback only); elsewhere, e.g. on a test namespace's veth address, the SFU
 /// creates rooms on the first join.
@@ -70,6 +70,9 @@ pub fn token_service_command(bin: &Path, s: &HelperSettings<'_>) -> Command {
         .arg("--homeserver")
         .arg(format!("{}={}", s.server_name, s.homeserver_url))
         .arg("--allow-insecure-loopback");
+    if !s.token_listen.ip().is_loopback() {
+        cmd.arg("--allow-private-listen");
+    }
     if s.sfu_listen.ip().is_loopback() {
         cmd.arg("--sfu-admin-url").arg(s.sfu_admin_url);
     }

@@ -8,7 +8,8 @@
 //!
 //! ```text
 //! mi-devstack --dir DIR [--python PATH] [--synapse-port 8008] [--token-port 8090]
-//!             [--sfu-port 7880] [--sfu-udp-port 7882] [--sfu-bind 127.0.0.1] [--sfu-advertise IP]
+//!             [--http-bind 127.0.0.1] [--sfu-port 7880] [--sfu-udp-port 7882] [--sfu-bind 127.0.0.1]
+//!             [--sfu-advertise IP]
 //!             [--token-service PATH] [--sfu PATH] [--out DIR/stack.json] [--encrypted-room]
 //!             [--stop-on-stdin-eof] [--synapse-access-log]
 //! ```
@@ -71,14 +72,18 @@
 //!   (the URLs are still filled in: Synapse advertises the token service URL regardless).
 //! - The file is removed when the stack stops.
 //!
+//! `--http-bind IP` (default 127.0.0.1) moves the token service to IP and adds IP to Synapse's
+//! listener; `homeserver_url`, `token_service_url` and Synapse's advertised transport then use IP
+//! (for clients outside the namespace's loopback, e.g. a QEMU guest or a second namespace).
+//!
 //! Helpers: `mi-test-sfu --listen BIND:SFU_PORT --udp BIND:UDP_PORT --advertise ADVERTISE --key K
-//! --secret S` and `mi-token-service --listen 127.0.0.1:TOKEN_PORT --livekit-url ws://ADVERTISE:SFU_PORT
+//! --secret S` and `mi-token-service --listen HTTP_BIND:TOKEN_PORT --livekit-url ws://ADVERTISE:SFU_PORT
 //! --livekit-key K --homeserver localhost=http://127.0.0.1:SYNAPSE_PORT --allow-insecure-loopback
 //! --sfu-admin-url http://BIND:SFU_PORT` with `LIVEKIT_SECRET=S` in its environment; both are
 //! ready once they print `listening on`; their output is copied to stderr as `[sfu] …` /
 //! `[token-service] …`. A missing binary is skipped with a loud warning.
 //!
-//! Synapse: `server_name` `localhost`, sqlite, one listener on 127.0.0.1 with `client`,
+//! Synapse: `server_name` `localhost`, sqlite, one listener on 127.0.0.1 (and HTTP_BIND) with `client`,
 //! `federation` and `openid`; `experimental_features.msc4143_enabled`/`msc4222_enabled`,
 //! `max_event_delay_duration: 24h` (MSC4140), loosened rate limits, `matrix_rtc.transports` =
 //! the token service, `.well-known/matrix/client` with `org.matrix.msc4143.rtc_foci`.

@@ -42,11 +42,12 @@ pub enum PortError {
     },
 }
 
-/// Checks that the ports are pairwise distinct and each can be bound right now.
+/// Checks that the ports of different flags are pairwise distinct and each can be bound right now.
 pub fn check_free(uses: &[PortUse]) -> Result<(), PortError> {
     for (i, a) in uses.iter().enumerate() {
         for b in &uses[i + 1..] {
-            if a.udp == b.udp && a.addr.port() == b.addr.port() {
+            // One service on two addresses (same flag) uses its port twice.
+            if a.udp == b.udp && a.addr.port() == b.addr.port() && a.flag != b.flag {
                 return Err(PortError::Clash {
                     port: a.addr.port(),
                     flag_a: a.flag,

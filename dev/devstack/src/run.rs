@@ -36,12 +36,17 @@ pub struct Cli {
     /// Python of a venv with matrix-synapse [default: env MI_PYTHON].
     #[arg(long)]
     pub python: Option<PathBuf>,
-    /// Synapse client/federation port (127.0.0.1).
+    /// Synapse client/federation port (127.0.0.1, and --http-bind).
     #[arg(long, default_value_t = 8008)]
     pub synapse_port: u16,
-    /// Token service port (127.0.0.1).
+    /// Token service port (--http-bind).
     #[arg(long, default_value_t = 8090)]
     pub token_port: u16,
+    /// Address Synapse (in addition to 127.0.0.1) and the token service listen on, and the one
+    /// their URLs in the stack file and Synapse's MatrixRTC transport use (e.g. a test
+    /// namespace's veth address, for clients outside the namespace's loopback).
+    #[arg(long, default_value_t = IpAddr::V4(Ipv4Addr::LOCALHOST))]
+    pub http_bind: IpAddr,
     /// SFU signalling/admin TCP port.
     #[arg(long, default_value_t = 7880)]
     pub sfu_port: u16,
@@ -138,6 +143,9 @@ async fn start(
     if !python.exists() {
         bail!("Python {} does not exist; pass --python or set MI_PYTHON to the python of a venv with matrix-synapse", python.display());
     }
+    if cli.http_bind.is_unspecified() {
+        bail!("--http-bind {} is not an address clients can use; give one address of this machine (e.g. 127.0.0.1)", cli.http_bind);
+    }
     let advertise = cli.sfu_advertise.unwrap_or(cli.sfu_bind);
     if advertise.is_unspecified() {
         bail!("the SFU would advertise {advertise}, which clients cannot reach; give --sfu-advertise IP (or bind to a specific address with --sfu-bind)");
@@ -173,8 +181,10 @@ async fn start(
         bail!("{} holds a Synapse database but no {}: it was not made by mi-devstack or is from a failed run; delete it or pick another --dir", dir.display(), provision::CREDENTIALS_FILE);
     }
 
-    let homeserver_url = http_url(loopback, cli.synapse_port);
-    let token_service_url = http_url(loopback, cli.token_port);
+    let homeserver_url = http_url(cli.http_bind, cli.synapse_port);
+    // The token service speaks plain http to loopback only: it reaches Synapse there.
+    let homeserver_loopback_url = http_url(loopback, cli.synapse_port);
+    let token_service_url = http_url(cli.http_bind, cli.token_port);
     let sfu_admin_url = http_url(sfu_admin_ip, cli.sfu_port);
     let livekit_url = format!("ws://{}", SocketAddr::new(advertise, cli.sfu_port));
     let shared_secret = Secret::new(random::alphanumeric(32)?);
@@ -184,6 +194,7 @@ async fn start(
         dir: &dir,
         server_name: SERVER_NAME,
         port: cli.synapse_port,
+        bind: cli.http_bind,
         token_service_url: &token_service_url,
         registration_shared_secret: &shared_secret,
         access_log: cli.synapse_access_log,
@@ -204,12 +215,12 @@ async fn start(
         sfu_listen: SocketAddr::new(cli.sfu_bind, cli.sfu_port),
         sfu_udp: SocketAddr::new(cli.sfu_bind, cli.sfu_udp_port),
         sfu_advertise: advertise,
-        token_listen: SocketAddr::new(loopback, cli.token_port),
+        token_listen: SocketAddr::new(cli.http_bind, cli.token_port),
         livekit_url: &livekit_url,
         livekit_key: &livekit_key,
         livekit_secret: &livekit_secret,
         server_name: SERVER_NAME,
-        homeserver_url: &homeserver_url,
+        homeserver_url: &homeserver_loopback_url,
         sfu_admin_url: &sfu_admin_url,
     };
     let mut waits: Vec<(&'static str, oneshot::Receiver<String>)> = Vec::new();
@@ -321,9 +332,17 @@ fn port_uses(cli: &Cli, start_token: bool, start_sfu: bool) -> Vec<PortUse> {
         what: "Synapse",
         flag: "--synapse-port",
     }];
+    if !cli.http_bind.is_loopback() {
+        ports.push(PortUse {
+            addr: SocketAddr::new(cli.http_bind, cli.synapse_port),
+            udp: false,
+            what: "Synapse",
+            flag: "--synapse-port",
+        });
+    }
     if start_token {
         ports.push(PortUse {
-            addr: SocketAddr::new(loopback, cli.token_port),
+            addr: SocketAddr::new(cli.http_bind, cli.token_port),
             udp: false,
             what: "the token service",
             flag: "--token-port",

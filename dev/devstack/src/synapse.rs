@@ -29,6 +29,8 @@ pub struct SynapseSettings<'a> {
     pub dir: &'a Path,
     pub server_name: &'a str,
     pub port: u16,
+    /// Synapse listens on 127.0.0.1 and this address; its public base URL uses it.
+    pub bind: std::net::IpAddr,
     /// Advertised as the only MatrixRTC transport (`livekit_service_url`).
     pub token_service_url: &'a str,
     pub registration_shared_secret: &'a Secret,
@@ -70,9 +72,13 @@ pub fn config(s: &SynapseSettings<'_>) -> Value {
     let transport = json!({"type": "livekit", "livekit_service_url": s.token_service_url});
     // Far above anything a test or the 5 s delayed-event restart loop does.
     let loose = json!({"per_second": 1000, "burst_count": 1000});
+    let mut bind = vec!["127.0.0.1".to_owned()];
+    if !s.bind.is_loopback() {
+        bind.push(s.bind.to_string());
+    }
     json!({
         "server_name": s.server_name,
-        "public_baseurl": format!("http://127.0.0.1:{}/", s.port),
+        "public_baseurl": format!("http://{}/", std::net::SocketAddr::new(s.bind, s.port)),
         "serve_client_wellknown": true,
         "extra_well_known_client_content": {"org.matrix.msc4143.rtc_foci": [transport]},
         "pid_file": dir.join("homeserver.pid"),
@@ -81,7 +87,7 @@ pub fn config(s: &SynapseSettings<'_>) -> Value {
             "type": "http",
             "tls": false,
             "x_forwarded": false,
-            "bind_addresses": ["127.0.0.1"],
+            "bind_addresses": bind,
             "resources": [{"names": ["client", "federation", "openid"], "compress": false}],
         }],
         "database": {"name": "sqlite3", "args": {"database": dir.join(DATABASE_FILE)}},
@@ -231,6 +237,7 @@ mod tests {
             dir: Path::new("/tmp/d"),
             server_name: "localhost",
             port: 18008,
+            bind: std::net::Ipv4Addr::LOCALHOST.into(),
             token_service_url: "http://127.0.0.1:18090",
             registration_shared_secret: &secret,
             access_log: false,

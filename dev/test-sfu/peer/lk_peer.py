@@ -5,7 +5,8 @@ Joins a room, publishes a mono 48 kHz sine "microphone" track, subscribes to rem
 reports, as JSON lines on stdout:
   {"event":"connected","identity":...}
   {"event":"track_subscribed","identity":...}
-  {"event":"tone","identity":...,"freq":...,"level_db":...,"ratio":...}   (about once a second)
+  {"event":"tone","identity":...,"freq":...,"level_db":...,"ratio":...}   (about once a second;
+      env LK_PEER_WINDOW_MS sets another window length, e.g. 200 for audio with dropouts)
   {"event":"participant_disconnected","identity":...,"reason":...}
   {"event":"disconnected","reason":...}
   {"event":"reconnecting"} / {"event":"reconnected"}   (signalling resume)
@@ -19,6 +20,7 @@ usage: lk_peer.py URL TOKEN TONE_HZ EXPECT_HZ DURATION_S
 import asyncio
 import json
 import math
+import os
 import sys
 import threading
 
@@ -27,6 +29,7 @@ from livekit import rtc
 
 RATE = 48000
 FRAME = 480  # 10 ms
+WINDOW = RATE * int(os.environ.get("LK_PEER_WINDOW_MS", "1000")) // 1000
 
 
 def emit(**kw):
@@ -80,8 +83,8 @@ async def listen(track, identity: str, expect: float, stop: asyncio.Event):
         data = np.frombuffer(ev.frame.data, dtype=np.int16).astype(np.float64) / 32768.0
         window.append(data)
         count += len(data)
-        if count >= RATE:
-            samples = np.concatenate(window)[:RATE]
+        if count >= WINDOW:
+            samples = np.concatenate(window)[:WINDOW]
             ratio, level = goertzel_ratio(samples, expect)
             emit(event="tone", identity=identity, freq=expect, level_db=round(level, 1), ratio=round(ratio, 3))
             window, count = [], 0

@@ -1,7 +1,7 @@
 //! Command line and the validated service configuration.
 //!
 //! Owns: parsing `mi-token-service` flags and refusing unsafe ones (a non-loopback listen
-//! address, plain `http` to anything but a loopback IP or without `--allow-insecure-loopback`).
+//! address unless private and allowed, plain `http` to anything but a loopback IP or without `--allow-insecure-loopback`).
 //! Must not touch: I/O beyond reading the two `LIVEKIT_*` environment variables via clap.
 
 use std::collections::HashMap;
@@ -50,6 +50,10 @@ pub struct Cli {
     /// Allow plain http:// URLs whose host is a loopback IP (--homeserver, --sfu-admin-url).
     #[arg(long)]
     pub allow_insecure_loopback: bool,
+    /// Also allow a --listen address in a private IPv4 range (10/8, 172.16/12, 192.168/16): a
+    /// test network namespace's veth address. This service has no TLS: never on a shared network.
+    #[arg(long)]
+    pub allow_private_listen: bool,
 }
 
 /// Which homeservers' users may create rooms (`LIVEKIT_FULL_ACCESS_HOMESERVERS`).
@@ -96,7 +100,7 @@ pub struct ServiceConfig {
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error(
-        "--listen {0} is not a loopback address; this dev service binds only 127.0.0.0/8 or [::1]"
+        "--listen {0} is not a loopback address; this dev service binds only 127.0.0.0/8 or [::1] (or, with --allow-private-listen, a private IPv4 address)"
     )]
     ListenNotLoopback(SocketAddr),
     #[error("--livekit-url must not be empty")]
@@ -124,7 +128,11 @@ pub enum ConfigError {
 impl Cli {
     /// The listen address and service configuration, or what is wrong with the flags.
     pub fn into_config(self) -> Result<(SocketAddr, ServiceConfig), ConfigError> {
-        if !self.listen.ip().is_loopback() {
+        let private = match self.listen.ip() {
+            IpAddr::V4(ip) => self.allow_private_listen && ip.is_private(),
+            IpAddr::V6(_) => false,
+        };
+        if !self.listen.ip().is_loopback() && !private {
             return Err(ConfigError::ListenNotLoopback(self.listen));
         }
         if self.livekit_url.is_empty() {
@@ -231,6 +239,19 @@ mod tests {
         match r {
             Ok(_) => "OK".into(),
             Err(e) => e.to_string(),
+        }
+    }
+
+    #[test]
+    fn private_listen_needs_the_flag_and_a_private_ipv4() {
+        let flag = "--allow-private-listen";
+        assert_eq!(reason(parse(&["--listen", "10.77.3.1:8090", flag])), "OK");
+        assert!(reason(parse(&["--listen", "10.77.3.1:8090"])).contains(flag));
+        for addr in ["0.0.0.0:8090", "8.8.8.8:8090", "[::]:8090"] {
+            assert!(
+                reason(parse(&["--listen", addr, flag])).contains("not a loopback address"),
+                "{addr}"
+            );
         }
     }
 

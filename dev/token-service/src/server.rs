@@ -37,12 +37,14 @@ pub struct Server {
 }
 
 impl Server {
-    /// Binds `addr`, which must be a loopback address.
+    /// Binds `addr`, which must be a loopback or a private IPv4 address (the command line
+    /// allows the latter only with `--allow-private-listen`).
     pub async fn bind(addr: SocketAddr, service: Service) -> io::Result<Self> {
-        if !addr.ip().is_loopback() {
+        let private = matches!(addr.ip(), std::net::IpAddr::V4(ip) if ip.is_private());
+        if !addr.ip().is_loopback() && !private {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
-                format!("{addr} is not a loopback address"),
+                format!("{addr} is neither a loopback nor a private address"),
             ));
         }
         Ok(Self {
