@@ -26,28 +26,30 @@ cargo build --workspace --bins --tests
 step "tests (host)"
 cargo test --workspace --no-fail-fast
 
-step "aarch64: unit tests under qemu-user; the binary checks a board file"
+step "aarch64: unit tests under qemu-user"
 # The runner (.cargo/config.toml) is qemu-aarch64 with Debian's multiarch libc6:arm64; with the
 # cross toolchain's copy (-L /usr/aarch64-linux-gnu) qemu-user 10.0 spins in the first
 # pthread_create.
 cargo test --lib --target aarch64-unknown-linux-gnu
-cargo build --bin matrix-intercom --target aarch64-unknown-linux-gnu
-timeout 120 qemu-aarch64 \
-    "$CARGO_TARGET_DIR/aarch64-unknown-linux-gnu/debug/matrix-intercom" check-config --config board/rpi4.toml
+
+step "aarch64: the device binary (profile qemu: optimized, no LTO) checks a board file under qemu-user"
+# Optimized: a debug build cannot keep real-time audio under QEMU's TCG in the call test below.
+cargo build --profile qemu --bin matrix-intercom --target aarch64-unknown-linux-gnu
+a64_bin=$CARGO_TARGET_DIR/aarch64-unknown-linux-gnu/qemu/matrix-intercom
+timeout 120 qemu-aarch64 "$a64_bin" check-config --config board/rpi4.toml
 
 step "whole-system test: our aarch64 binary in QEMU (arm64 kernel, PL061 button, virtio-sound)"
-MI_QEMU_BIN=$CARGO_TARGET_DIR/aarch64-unknown-linux-gnu/debug/matrix-intercom image/qemu-test.sh
+MI_QEMU_BIN=$a64_bin image/qemu-test.sh
 
 step "whole-system call test: the daemon in QEMU is provisioned, presses join, a LiveKit SDK peer answers"
-# Optimized guest binary (profile qemu: no LTO): a debug build cannot keep real-time audio under TCG.
-cargo build --profile qemu --bin matrix-intercom --target aarch64-unknown-linux-gnu
-MI_QEMU_BIN=$CARGO_TARGET_DIR/aarch64-unknown-linux-gnu/qemu/matrix-intercom image/qemu-call-test.sh
+MI_QEMU_BIN=$a64_bin image/qemu-call-test.sh
 
 step "cross build armv7"
 cargo build --bin matrix-intercom --target armv7-unknown-linux-gnueabihf
 
-step "Debian packages for arm64 and armhf (of the debug cross builds): control, files, conffile, unit, binary"
-image/deb-test.sh --no-build --profile dev
+step "Debian packages for arm64 and armhf (of the cross builds above): control, files, conffile, unit, binary"
+image/deb-test.sh --no-build --profile qemu aarch64-unknown-linux-gnu
+image/deb-test.sh --no-build --profile dev armv7-unknown-linux-gnueabihf
 
 step "clippy"
 cargo clippy --workspace --all-targets -- -D warnings
