@@ -67,6 +67,8 @@ fn python_hears(p: &mut LineProcess, from: &str, n: usize) {
 #[derive(Debug)]
 struct DeviceReport {
     longest_1000hz_run: usize,
+    /// Loudest sample the device played.
+    peak: i16,
     decoded: u64,
     repaired: u64,
     undecryptable: u64,
@@ -75,11 +77,13 @@ struct DeviceReport {
 
 /// The device in the SFU's namespace on its own runtime: joins, listens for the Python peer's
 /// 1000 Hz (bounded), signals `heard`, waits for `gone`, then for the peer's leave event.
+#[allow(clippy::too_many_arguments)]
 fn spawn_device(
     ns: String,
     url: String,
     subnet: String,
     e2ee: Option<E2eeKeys>,
+    listen: Duration,
     heard_tx: std_mpsc::Sender<()>,
     gone_rx: std_mpsc::Receiver<()>,
 ) -> std::thread::JoinHandle<DeviceReport> {
@@ -107,13 +111,20 @@ fn spawn_device(
                 )
                 .await
                 .expect("device joined");
-                let deadline = Instant::now() + Duration::from_secs(40);
+                let deadline = Instant::now() + listen;
                 while longest_tone_run(&heard.lock().unwrap(), 1000.0) < 250
                     && Instant::now() < deadline
                 {
                     tokio::time::sleep(Duration::from_millis(200)).await;
                 }
                 let longest = longest_tone_run(&heard.lock().unwrap(), 1000.0);
+                let peak = heard
+                    .lock()
+                    .unwrap()
+                    .iter()
+                    .map(|s| s.saturating_abs())
+                    .max()
+                    .unwrap_or(0);
                 let stats = call.stats();
                 let track = stats
                     .tracks
@@ -141,6 +152,7 @@ fn spawn_device(
                 let decode = track.as_ref().map(|t| t.decode).unwrap_or_default();
                 DeviceReport {
                     longest_1000hz_run: longest,
+                    peak,
                     decoded: decode.frames_decoded,
                     repaired: decode.frames_concealed + decode.frames_fec,
                     undecryptable: track.map_or(0, |t| t.undecryptable),
@@ -171,6 +183,7 @@ fn exchange(
         url,
         format!("10.77.{}.0/24", net.subnet),
         e2ee,
+        Duration::from_secs(40),
         heard_tx,
         gone_rx,
     );
@@ -252,4 +265,78 @@ fn encrypted_audio_interoperates_with_the_python_sdk() {
     });
     assert_heard_cleanly(&report);
     assert!(report.undecryptable * 50 < report.decoded, "{report:?}");
+}
+
+#[test]
+fn a_wrong_key_on_either_side_gives_counted_silence_not_noise() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let Some((python, net)) = interop_setup() else {
+        return;
+    };
+    // The device encrypts with and expects one key; the Python SDK uses another.
+    let device_key = *b"interop-media-k!";
+    let keys = E2eeKeys::new();
+    keys.set_local_key(0, &device_key);
+    keys.set_remote_key(PYTHON, 0, &device_key);
+    let python_key: String = b"not-the-same-k!!"
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let sfu_ip: IpAddr = net.sfu_ip().parse().unwrap();
+    let sfu = TestSfu::start_on(sfu_ip, Some(net.sfu_ns.clone()), true);
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support/lk_e2ee_peer.py");
+    let token = join_token(PYTHON, "door");
+    let mut cmd = NetnsPair::command_in(&net.py_ns, &python);
+    cmd.arg(&script).args([
+        &sfu.ws_url(),
+        token.expose(),
+        &python_key,
+        "1000",
+        "440",
+        "60",
+    ]);
+    let mut peer = LineProcess::spawn("python-e2ee", cmd).expect("Python E2EE peer started");
+    connected(&mut peer);
+
+    let (gone_tx, gone_rx) = std_mpsc::channel::<()>();
+    let (heard_tx, heard_rx) = std_mpsc::channel::<()>();
+    let device = spawn_device(
+        net.sfu_ns.clone(),
+        sfu.ws_url(),
+        format!("10.77.{}.0/24", net.subnet),
+        Some(keys),
+        Duration::from_secs(8),
+        heard_tx,
+        gone_rx,
+    );
+    peer.wait_json(Duration::from_secs(30), |v| {
+        v["event"] == "track_subscribed" && v["identity"] == DEVICE
+    })
+    .expect("the Python peer subscribed to the device");
+    // While the device listens, the Python side must not hear its tone (nor noise) either.
+    heard_rx
+        .recv_timeout(Duration::from_secs(60))
+        .expect("device finished listening");
+    for line in peer
+        .seen
+        .iter()
+        .filter(|l| l.contains("\"tone\"") && l.contains(DEVICE))
+    {
+        let v: Value = serde_json::from_str(line).unwrap();
+        assert!(
+            v["level_db"].as_f64().unwrap() < -40.0,
+            "the Python SDK played the device's frames it could not decrypt: {line}"
+        );
+    }
+    peer.close_stdin();
+    assert!(
+        peer.wait_exit(Duration::from_secs(20)),
+        "Python peer exited"
+    );
+    gone_tx.send(()).ok();
+    let report = device.join().expect("device thread");
+    eprintln!("device report: {report:?}");
+    assert!(report.undecryptable > 50, "failures counted: {report:?}");
+    assert_eq!(report.decoded, 0, "{report:?}");
+    assert!(report.peak < 100, "silence, not noise: {report:?}");
 }
