@@ -79,6 +79,11 @@ impl LineProcess {
         .and_then(|l| serde_json::from_str(&l).ok())
     }
 
+    /// The child's process id (for reading its `/proc/<pid>` figures while it runs).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Close stdin (the Python peer then leaves and exits).
     pub fn close_stdin(&mut self) {
         if let Some(mut s) = self.stdin.take() {
