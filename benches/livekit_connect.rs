@@ -236,7 +236,7 @@ fn run(s: Setup) -> Report {
 
     // (a) Devices join one after another while that Python peer is in the room; the last
     // stays for the call. Peak RSS counts from the last join (as the Python peer's does).
-    let mut call = None;
+    let mut call: Option<Device> = None;
     for n in 0..runs {
         if let Some((c, _events)) = call.take() {
             rt.block_on(c.leave());
