@@ -8,17 +8,25 @@
 #     fragments), prerm/postrm stop/disable/purge;
 #   - the binary: ELF machine of the target, stripped, GLIBC_ symbol versions <= 2.36
 #     (Raspberry Pi OS bookworm), and its size.
-# Usage: image/deb-test.sh [--no-build] [TARGET...]   (default: aarch64 and armv7)
-#   --no-build   package the existing release binaries (cargo deb --no-build)
+# Usage: image/deb-test.sh [--no-build] [--profile P] [TARGET...]   (default: aarch64 and armv7)
+#   --no-build   package the existing binaries (cargo deb --no-build)
+#   --profile P  the cargo profile to package (default release; the test command packages the
+#                `dev` cross builds it already has: the package layout is the same, a release
+#                build of two targets would not fit its time budget)
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
 cd "$repo"
 glibc_max=2.36
 build=1
-if [[ ${1:-} == --no-build ]]; then
-    build=0
+profile=release
+while (($#)); do
+    case $1 in
+    --no-build) build=0 ;;
+    --profile) profile=$2; shift ;;
+    *) break ;;
+    esac
     shift
-fi
+done
 targets=("$@")
 ((${#targets[@]})) || targets=(aarch64-unknown-linux-gnu armv7-unknown-linux-gnueabihf)
 target_dir=${CARGO_TARGET_DIR:-$repo/target}
@@ -43,7 +51,7 @@ for target in "${targets[@]}"; do
     esac
     out=$target_dir/$target/debian
     rm -rf "$out"
-    flags=(--target "$target" --output "$out/")
+    flags=(--target "$target" --profile "$profile" --output "$out/")
     ((build)) || flags+=(--no-build)
     # cargo-deb strips with the target's objcopy (binutils-<prefix> comes with the cross gcc)
     log "cargo deb ${flags[*]}"
@@ -101,6 +109,7 @@ for target in "${targets[@]}"; do
         libasound.so.2) pkg=libasound2 ;;
         libopus.so.0) pkg=libopus0 ;;
         libspeexdsp.so.1) pkg=libspeexdsp1 ;;
+        libsqlite3.so.0) pkg=libsqlite3-0 ;;
         *) pkg="(unknown: add $lib to Depends and to this list)" ;;
         esac
         check "needs $lib -> Depends has $pkg" grep -qE "(^|, )$pkg( |,|$)" <<<"$depends"

@@ -22,7 +22,8 @@ host_pkgs=(build-essential pkg-config cmake git curl ca-certificates python3 pyt
     gcc-aarch64-linux-gnu gcc-arm-linux-gnueabihf libc6-dev-arm64-cross libc6-dev-armhf-cross
     qemu-user iproute2 alsa-utils sox mtools dosfstools fdisk cpio xz-utils kmod busybox-static)
 cross_pkgs=(libasound2-dev:arm64 libopus-dev:arm64 libspeexdsp-dev:arm64 libsqlite3-dev:arm64 libsqlite3-dev:armhf
-    libasound2-dev:armhf libopus-dev:armhf libspeexdsp-dev:armhf)
+    libasound2-dev:armhf libopus-dev:armhf libspeexdsp-dev:armhf
+    libc6:arm64 libc6:armhf) # the loader + libc qemu-user runs cross-built binaries with
 
 missing=()
 for p in "${host_pkgs[@]}" "${cross_pkgs[@]}"; do
@@ -83,4 +84,19 @@ if [[ ! -x $venv/bin/python || "$(cat "$stamp" 2>/dev/null)" != "$want" ]]; then
     "$venv/bin/pip" install -q $want
     echo "$want" >"$stamp"
 fi
-log "ready (python: $venv/bin/python)"
+
+# matrix-js-sdk for tests/matrix_e2ee_js.rs (the Element Call side of the media key exchange),
+# exactly as locked in dev/jsrtc/package-lock.json.
+if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
+    log "installing node and npm"
+    apt-get update -q
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends nodejs npm
+fi
+jsrtc=$repo/dev/jsrtc
+lock_sum=$(sha256sum "$jsrtc/package-lock.json" | cut -d' ' -f1)
+if [[ "$(cat "$jsrtc/node_modules/.mi-lock" 2>/dev/null)" != "$lock_sum" ]]; then
+    log "installing dev/jsrtc npm packages (npm ci)"
+    (cd "$jsrtc" && npm ci --no-audit --no-fund --loglevel=error)
+    echo "$lock_sum" >"$jsrtc/node_modules/.mi-lock"
+fi
+log "ready (python: $venv/bin/python, node: $(node --version))"

@@ -60,6 +60,9 @@ pub struct Status {
     pub room: String,
     pub participants: Vec<String>,
     pub last_error: Option<String>,
+    /// A provisioning file that could not be imported (the device runs on its previous config).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config_problem: Option<String>,
     pub uptime_s: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub call_duration_s: Option<u64>,

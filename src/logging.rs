@@ -36,8 +36,10 @@ pub fn init(config_level: &str) {
     .flatten()
     .map(|l| l.with_syslog_identifier("matrix-intercom".into()));
     let stderr = journald.is_none().then(|| {
+        // Colours only for a terminal: a log file or pipe gets plain text.
         tracing_subscriber::fmt::layer()
             .with_writer(std::io::stderr)
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
             .with_target(false)
     });
     let _ = tracing_subscriber::registry()

@@ -9,7 +9,7 @@
 //!
 //! | state | meaning | LED |
 //! |---|---|---|
-//! | `Idle` | at rest, no call by others we know of | Heartbeat |
+//! | `Idle` | at rest, no call by others we know of | Heartbeat (Attention with a config problem) |
 //! | `Incoming` | someone else's call is up in the room; a press joins it | Pulse |
 //! | `Joining` | `Join` issued, waiting for `Joined` | Blink |
 //! | `Ringing` | in the call alone, waiting for an answer (`RingTimeout`) | Pulse |
@@ -69,6 +69,10 @@
 //!   the last error. A failure while `Leaving` plays the error feedback and still waits for
 //!   `Left`, then backs off.
 //! - **Presses while `Leaving`** are ignored (no second `Join` before `Left`).
+//! - **Config problems** (`ConfigProblem`: a provisioning file that could not be imported, so
+//!   the device runs on its previous config) change no state: the machine remembers the latest
+//!   for `ctl status` and shows `Attention` instead of `Heartbeat` at rest, until the device is
+//!   restarted with a good file.
 //! - **Shutdown** while a member: `Leave` (unless one is under way) and arm `LeaveDeadline`
 //!   (2 s); `Exit` on `Left` or when the deadline fires. Otherwise `Exit` at once.
 
@@ -145,6 +149,10 @@ pub enum Event {
     DoorOpenRequested {
         user: String,
     },
+    /// A provisioning file could not be imported; the device runs on its previous config.
+    ConfigProblem {
+        reason: String,
+    },
     TimerFired(Timer),
     Shutdown,
 }
@@ -167,6 +175,8 @@ pub enum Sound {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LedPattern {
     Heartbeat,
+    /// At rest, but the installer should look at the journal (a broken provisioning file).
+    Attention,
     Blink,
     Pulse,
     Solid,
@@ -232,6 +242,8 @@ pub struct MachineStatus {
     pub network_lost: bool,
     /// A call by others is up in the room (as last reported).
     pub incoming_call: bool,
+    /// The latest config problem (e.g. a broken provisioning file), kept until restart.
+    pub config_problem: Option<String>,
 }
 
 /// Where `Leaving` goes once `Left` arrives.
@@ -253,6 +265,7 @@ pub struct CallMachine {
     incoming: bool,
     network_lost: bool,
     last_error: Option<String>,
+    config_problem: Option<String>,
     call_started_at: Option<Instant>,
     /// Consecutive failures since the last successful join.
     failures: u32,
@@ -269,6 +282,7 @@ impl CallMachine {
             incoming: false,
             network_lost: false,
             last_error: None,
+            config_problem: None,
             call_started_at: None,
             failures: 0,
         }
@@ -308,6 +322,7 @@ impl CallMachine {
             retry_at: self.timers.get(&Timer::Backoff).copied(),
             network_lost: self.network_lost,
             incoming_call: self.incoming,
+            config_problem: self.config_problem.clone(),
         }
     }
 
@@ -342,6 +357,12 @@ impl Step<'_> {
             // Facts the machine remembers in every state.
             Event::NetworkLost => self.m.network_lost = true,
             Event::NetworkBack => self.m.network_lost = false,
+            Event::ConfigProblem { reason } => {
+                self.m.config_problem = Some(reason);
+                if state == Idle {
+                    self.enter_idle();
+                }
+            }
             Event::MemberJoined { user } => {
                 self.m.members.insert(user);
                 self.member_joined();
@@ -509,7 +530,12 @@ impl Step<'_> {
     }
 
     fn enter_idle(&mut self) {
-        self.out.push(Action::SetLed(LedPattern::Heartbeat));
+        let led = if self.m.config_problem.is_some() {
+            LedPattern::Attention
+        } else {
+            LedPattern::Heartbeat
+        };
+        self.out.push(Action::SetLed(led));
         self.m.state = State::Idle;
     }
 

@@ -24,7 +24,12 @@ struct Cli {
 #[derive(Subcommand)]
 enum Cmd {
     /// Run the daemon.
-    Run,
+    Run {
+        /// The provisioning file the `provision` step imports; when it is present but broken,
+        /// the daemon signals it (LED, `ctl status`, journal) while running on the current config.
+        #[arg(long, default_value = matrix_intercom::provision::DEFAULT_BOOT_FILE)]
+        boot_file: PathBuf,
+    },
     /// Check the config file offline; exit code 2 when it is invalid.
     CheckConfig,
     /// Print the fully commented default config.
@@ -79,7 +84,7 @@ fn main() -> ExitCode {
         Cmd::Provision { boot_file } => provision(&boot_file, &cli.config),
         Cmd::Login { password_stdin } => report(account(&cli.config, Some(password_stdin))),
         Cmd::Logout => report(account(&cli.config, None)),
-        Cmd::Run => match run(&cli.config) {
+        Cmd::Run { boot_file } => match run(&cli.config, boot_file) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("matrix-intercom: {e:#}");
@@ -249,7 +254,7 @@ fn ctl(config: &std::path::Path, socket: Option<PathBuf>, action: CtlCmd) -> Exi
     }
 }
 
-fn run(path: &std::path::Path) -> anyhow::Result<()> {
+fn run(path: &std::path::Path, boot_file: PathBuf) -> anyhow::Result<()> {
     let loaded = Config::load(path).map_err(|e| anyhow::anyhow!("{e}"))?;
     matrix_intercom::logging::init(&loaded.config.log.level);
     for w in &loaded.warnings {
@@ -260,5 +265,5 @@ fn run(path: &std::path::Path) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    rt.block_on(matrix_intercom::daemon::run(loaded))
+    rt.block_on(matrix_intercom::daemon::run(loaded, boot_file))
 }

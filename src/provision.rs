@@ -74,18 +74,9 @@ impl ProvisionError {
 /// mode 0600; when the config's directory belongs to another user (the service user, while this
 /// runs as root before the service starts), the file is given to that user.
 pub fn import(boot_file: &Path, config_path: &Path) -> Result<Outcome, ProvisionError> {
-    let text = match fs::read_to_string(boot_file) {
-        Ok(t) => t,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Outcome::NoFile),
-        Err(err) => {
-            return Err(ProvisionError::Unreadable {
-                file: boot_file.to_path_buf(),
-                err,
-            })
-        }
+    let Some((text, config)) = read_valid(boot_file)? else {
+        return Ok(Outcome::NoFile);
     };
-    // Checked as it will be stored (0600): the FAT copy's own permissions mean nothing.
-    let config = Config::parse(boot_file, &text, 0o600).map_err(ProvisionError::from_config)?;
     if let Ok(current) = fs::read_to_string(config_path) {
         if without_password(boot_file, &text)? == without_password(config_path, &current)? {
             return Ok(Outcome::Unchanged);
@@ -100,6 +91,30 @@ pub fn import(boot_file: &Path, config_path: &Path) -> Result<Outcome, Provision
     Ok(Outcome::Imported {
         with_password: config.matrix.password.is_some(),
     })
+}
+
+/// Checks `boot_file` as [`import`] would, without importing: `Ok(())` when there is no file or
+/// it is a valid config. The daemon uses it to signal a broken file that the provisioning step
+/// refused (the device then runs on its previous config).
+pub fn check(boot_file: &Path) -> Result<(), ProvisionError> {
+    read_valid(boot_file).map(drop)
+}
+
+/// The provisioning file's text and config, `None` when there is none.
+fn read_valid(boot_file: &Path) -> Result<Option<(String, Config)>, ProvisionError> {
+    let text = match fs::read_to_string(boot_file) {
+        Ok(t) => t,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(err) => {
+            return Err(ProvisionError::Unreadable {
+                file: boot_file.to_path_buf(),
+                err,
+            })
+        }
+    };
+    // Checked as it will be stored (0600): the FAT copy's own permissions mean nothing.
+    let config = Config::parse(boot_file, &text, 0o600).map_err(ProvisionError::from_config)?;
+    Ok(Some((text, config)))
 }
 
 /// Removes `matrix.password` from the config file at `path` (call it for both copies once the

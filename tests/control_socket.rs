@@ -15,7 +15,17 @@ struct Daemon {
 
 impl Daemon {
     fn start() -> Self {
+        Self::start_with_boot_file(None)
+    }
+
+    /// With a provisioning file of that content on the "boot partition" (none if `None`).
+    fn start_with_boot_file(boot: Option<&str>) -> Self {
         let dir = tempfile::tempdir().unwrap();
+        let boot_file = dir.path().join("boot/matrix-intercom.toml");
+        if let Some(text) = boot {
+            std::fs::create_dir_all(boot_file.parent().unwrap()).unwrap();
+            std::fs::write(&boot_file, text).unwrap();
+        }
         let socket = dir.path().join("run/control.sock");
         let config = dir.path().join("config.toml");
         std::fs::write(
@@ -42,6 +52,8 @@ socket = "{socket}"
         let child = Command::new(env!("CARGO_BIN_EXE_matrix-intercom"))
             .args(["run", "--config"])
             .arg(&config)
+            .arg("--boot-file")
+            .arg(&boot_file)
             .stdin(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -136,6 +148,33 @@ fn status_prints_one_json_object_with_the_state() {
     }
     assert_eq!(status["room"], "#door:example.org");
     assert!(daemon.terminate().success(), "clean exit on SIGTERM");
+}
+
+#[test]
+fn a_broken_provisioning_file_is_reported_while_the_daemon_runs_on() {
+    let daemon = Daemon::start_with_boot_file(Some(
+        "[matrix]\nhomeserver = \"https://matrix.example.org\"\nroom = 17\n",
+    ));
+    let (ok, out) = daemon.ctl("status");
+    assert!(ok, "{out}");
+    let status: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let problem = status["config_problem"].as_str().unwrap();
+    assert!(problem.contains("not imported"), "{problem}");
+    assert!(problem.contains("matrix-intercom.toml:3"), "{problem}");
+    assert!(problem.contains("room"), "{problem}");
+    // Running on the previous config: its room, and idle.
+    assert_eq!(status["room"], "#door:example.org");
+    assert_eq!(status["state"], "idle");
+    assert!(daemon.terminate().success());
+}
+
+#[test]
+fn a_good_or_missing_provisioning_file_is_no_problem() {
+    let good = "[matrix]\nhomeserver = \"https://matrix.example.org\"\nuser_id = \"@door:example.org\"\nroom = \"#door:example.org\"\n";
+    for daemon in [Daemon::start(), Daemon::start_with_boot_file(Some(good))] {
+        let (_, out) = daemon.ctl("status");
+        assert!(!out.contains("config_problem"), "{out}");
+    }
 }
 
 #[test]

@@ -4,15 +4,18 @@
 //! private network namespace (Synapse and the token service on its loopback, the SFU on its
 //! veth address); the peer runs in a second one (libwebrtc gathers no loopback candidates).
 //! Needs root and the Python venv (`MI_PYTHON`); skipped loudly otherwise, failed under CI.
+//! In the encrypted room the far end is Element Call split in two: matrix-js-sdk (dev/jsrtc,
+//! needs node) exchanges the media keys, the Python SDK peer encrypts with them.
 
 mod support;
 
 use mi_devstack::{DevStack, DevStackHandle, DevStackOptions};
 use mi_test_sfu::testkit::{start_peer, LineProcess, NetnsPair, PeerSpec};
 use serde_json::{json, Value};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+use support::jsrtc;
 use support::tone::longest_tone_run;
 
 const CALL_MEMBER: &str = "org.matrix.msc3401.call.member";
@@ -23,9 +26,15 @@ struct World {
     net: NetnsPair,
     stack: DevStackHandle,
     python: PathBuf,
+    /// The call happens in the stack's encrypted room.
+    encrypted: bool,
 }
 
 fn world(test: &str) -> Option<World> {
+    world_with(test, false)
+}
+
+fn world_with(test: &str, encrypted: bool) -> Option<World> {
     let ci = std::env::var("CI").is_ok_and(|v| v == "true");
     if !NetnsPair::available() {
         assert!(!ci, "{test} needs root (network namespaces) under CI");
@@ -41,15 +50,38 @@ fn world(test: &str) -> Option<World> {
         DevStack::start(DevStackOptions {
             python: Some(py),
             sfu_bind: Some(sfu_ip),
+            encrypted_room: encrypted,
             ..Default::default()
         })
     })
     .expect("enter namespace")
     .unwrap_or_else(|e| panic!("dev stack: {e}"));
-    Some(World { net, stack, python })
+    Some(World {
+        net,
+        stack,
+        python,
+        encrypted,
+    })
 }
 
 impl World {
+    /// The room of the call: the encrypted one in an encrypted world.
+    fn room_id(&self) -> &str {
+        let info = &self.stack.info;
+        match (self.encrypted, &info.encrypted_room_id) {
+            (true, Some(id)) => id,
+            _ => &info.room_id,
+        }
+    }
+
+    fn room_alias(&self) -> &str {
+        let info = &self.stack.info;
+        match (self.encrypted, &info.encrypted_room_alias) {
+            (true, Some(alias)) => alias,
+            _ => &info.room_alias,
+        }
+    }
+
     /// An HTTP request to Synapse or the token service (inside the namespace) as `token`.
     fn http(
         &self,
@@ -103,7 +135,7 @@ impl World {
         let key = format!("_{}_{}_m.call", info.users.intercom.user_id, device_id);
         let path = format!(
             "/_matrix/client/v3/rooms/{}/state/{CALL_MEMBER}/{}",
-            enc(&info.room_id),
+            enc(self.room_id()),
             enc(&key)
         );
         let (status, body) = self.http(
@@ -121,7 +153,7 @@ impl World {
         let info = &self.stack.info;
         let path = format!(
             "/_matrix/client/v3/rooms/{}/messages?dir=b&limit=50",
-            enc(&info.room_id)
+            enc(self.room_id())
         );
         let (_, body) = self.http(
             &info.homeserver_url,
@@ -154,7 +186,7 @@ impl World {
             "POST",
             "/sfu/get",
             None,
-            json!({"room": info.room_id, "openid_token": openid, "device_id": resident.device_id}),
+            json!({"room": self.room_id(), "openid_token": openid, "device_id": resident.device_id}),
         );
         assert_eq!(status, 200, "token service: {grant}");
         (
@@ -194,6 +226,60 @@ impl World {
     }
 }
 
+impl World {
+    /// Alice's matrix-js-sdk call member (Element Call's media key exchange) on her session's
+    /// device: the device her LiveKit token names, so keys and media identities line up.
+    fn js_alice(&self, node: &Path) -> LineProcess {
+        let info = &self.stack.info;
+        let alice = &info.users.alice;
+        let config = json!({
+            "homeserver": info.homeserver_url,
+            "room_id": self.room_id(),
+            "livekit_service_url": info.token_service_url,
+            "members": [{"name": "alice", "user_id": alice.user_id,
+                "access_token": alice.access_token.as_ref().expect("alice's session").expose(),
+                "device_id": alice.device_id}],
+        });
+        let mut js = jsrtc::spawn(node, Some(&self.net.sfu_ns), &config);
+        js.wait_json(Duration::from_secs(60), |v| v["event"] == "ready")
+            .unwrap_or_else(|| panic!("js-sdk alice not ready: {:?}", js.seen));
+        js
+    }
+
+    /// Alice's Python LiveKit peer with per-participant keys (given later on its stdin).
+    fn python_e2ee_peer(&self, name: &str) -> LineProcess {
+        let (url, jwt) = self.grant(&self.stack.info.users.alice);
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support/lk_e2ee_peer.py");
+        let mut cmd = NetnsPair::command_in(&self.net.py_ns, &self.python);
+        cmd.arg(script).args([
+            url.as_str(),
+            jwt.as_str(),
+            "-",
+            &PEER_TONE.to_string(),
+            &DEVICE_TONE.to_string(),
+            "120",
+        ]);
+        let mut peer = LineProcess::spawn(name, cmd).expect("Python E2EE peer");
+        peer.wait_json(Duration::from_secs(40), |v| v["event"] == "connected")
+            .unwrap_or_else(|| panic!("Python peer did not connect: {:?}", peer.seen));
+        peer
+    }
+}
+
+/// Hands the Python peer every media key js-sdk reported since the last call (its own key for
+/// its microphone, the others' for decryption). Reads js-sdk output for up to 100 ms.
+fn relay_keys(js: &mut LineProcess, py: &mut LineProcess, own_identity: &str, done: &mut usize) {
+    js.wait_line(Duration::from_millis(100), |_| false);
+    let keys = jsrtc::keys(js);
+    for (_, _, _, k) in keys.iter().skip(*done) {
+        let hex: String = k.key.iter().map(|b| format!("{b:02x}")).collect();
+        let line = json!({"identity": k.identity, "index": k.index, "key_hex": hex,
+            "own": k.identity == own_identity});
+        assert!(py.send_line(&line.to_string()), "Python peer gone");
+    }
+    *done = keys.len();
+}
+
 fn enc(s: &str) -> String {
     s.bytes()
         .map(|b| match b {
@@ -212,6 +298,16 @@ struct Daemon {
 
 impl Daemon {
     fn start(world: &World, ring_timeout_s: u32, leave_when_alone_s: u32) -> Self {
+        Self::start_with(world, ring_timeout_s, leave_when_alone_s, "")
+    }
+
+    /// `call_extra`: more `[call]` settings, one per line.
+    fn start_with(
+        world: &World,
+        ring_timeout_s: u32,
+        leave_when_alone_s: u32,
+        call_extra: &str,
+    ) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let info = &world.stack.info;
         // 3 minutes of the device's "microphone": a 440 Hz tone.
@@ -244,12 +340,12 @@ impl Daemon {
                  [audio]\ncapture = \"e2e_mic\"\nplayback = \"e2e_speaker\"\nwall_clock = true\n\
                  # A steady test tone is exactly what a noise suppressor removes.\n\
                  noise_suppression = false\nauto_gain = false\n\
-                 [call]\nring_timeout_s = {ring_timeout_s}\nleave_when_alone_s = {leave_when_alone_s}\n\
+                 [call]\nring_timeout_s = {ring_timeout_s}\nleave_when_alone_s = {leave_when_alone_s}\n{call_extra}\
                  [control]\nsocket = {sock:?}\n",
                 hs = info.homeserver_url,
                 user = info.users.intercom.user_id,
                 pw = info.users.intercom.password.expose(),
-                room = info.room_alias,
+                room = world.room_alias(),
                 state = dir.path().join("state").display().to_string(),
                 sock = dir.path().join("control.sock").display().to_string(),
             ),
@@ -617,4 +713,103 @@ fn two_residents_answer_the_device_hears_both_mixed_and_both_hear_it() {
     }
     daemon.ctl("press");
     daemon.wait_state("idle", Duration::from_secs(20));
+}
+
+#[test]
+fn in_an_encrypted_room_keys_go_over_olm_and_encrypted_audio_flows_both_ways() {
+    let test = "e2e encrypted room";
+    let Some(world) = world_with(test, true) else {
+        return;
+    };
+    let Some(node) = jsrtc::node_or_skip(test) else {
+        return;
+    };
+    let mut daemon = Daemon::start(&world, 60, 5);
+    let info = &world.stack.info;
+    let device_id = daemon.device_id();
+    let identity = format!("{}:{device_id}", info.users.intercom.user_id);
+    let alice = &info.users.alice;
+    let alice_identity = format!("{}:{}", alice.user_id, alice.device_id.clone().unwrap());
+    daemon.ctl("press");
+    daemon.wait_state("ringing", Duration::from_secs(30));
+
+    // Alice answers the way Element Call does: js-sdk joins and exchanges media keys over Olm.
+    let mut js = world.js_alice(&node);
+    assert!(js.send_line(r#"{"cmd": "join", "who": "alice"}"#));
+    let deadline = Instant::now() + Duration::from_secs(45);
+    while jsrtc::last_key(&js, "alice", &info.users.intercom.user_id, &device_id).is_none()
+        || jsrtc::last_key(
+            &js,
+            "alice",
+            &alice.user_id,
+            alice.device_id.as_ref().unwrap(),
+        )
+        .is_none()
+    {
+        assert!(
+            Instant::now() < deadline,
+            "js-sdk never got the device's media key: {:?}",
+            js.seen
+        );
+        js.wait_line(Duration::from_millis(200), |_| false);
+    }
+    // Her media: the Python SDK with exactly the keys js-sdk holds.
+    let mut peer = world.python_e2ee_peer("alice-phone-e2ee");
+    let mut relayed = 0;
+    relay_keys(&mut js, &mut peer, &alice_identity, &mut relayed);
+    daemon.wait_state("in_call", Duration::from_secs(30));
+    peer_hears_device(&mut peer, &identity, 5);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while longest_tone_run(&daemon.heard(), f64::from(PEER_TONE)) < 250 {
+        assert!(
+            Instant::now() < deadline,
+            "the device's speaker never played 5 s of alice's encrypted tone"
+        );
+        relay_keys(&mut js, &mut peer, &alice_identity, &mut relayed);
+    }
+    daemon.ctl("press");
+    daemon.wait_state("idle", Duration::from_secs(20));
+    peer.close_stdin();
+    js.close_stdin();
+    // Once alice's first packet decrypted, none failed: the key exchange kept up.
+    let log = daemon.log();
+    let stats = log
+        .lines()
+        .find(|l| l.contains("call audio received") && l.contains(&alice_identity))
+        .unwrap_or_else(|| panic!("no audio statistics for alice at leave:\n{}", tail(&log)));
+    let late_failures = stats
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("undecryptable_after_first_key="))
+        .and_then(|n| n.parse::<u64>().ok())
+        .unwrap_or_else(|| panic!("no failure count in {stats}"));
+    assert_eq!(late_failures, 0, "{stats}");
+}
+
+#[test]
+fn require_encryption_refuses_a_call_in_an_unencrypted_room() {
+    let Some(world) = world("e2e require_encryption") else {
+        return;
+    };
+    let mut daemon = Daemon::start_with(&world, 60, 5, "require_encryption = true\n");
+    let device_id = daemon.device_id();
+    daemon.ctl("press");
+    let status = daemon.wait_for(Duration::from_secs(30), "the refusal", |s| {
+        s["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("not end-to-end encrypted"))
+    });
+    assert!(
+        status["last_error"]
+            .as_str()
+            .unwrap()
+            .contains("require_encryption"),
+        "the error names the setting: {status}"
+    );
+    daemon.wait_state("idle", Duration::from_secs(20));
+    assert!(
+        world
+            .membership(&device_id)
+            .is_none_or(|c| c.get("application").is_none()),
+        "no call membership was published"
+    );
 }

@@ -75,6 +75,15 @@ async fn wait_event(
     }
 }
 
+/// Waits (bounded) for the end of the call and checks its reason.
+async fn wait_disconnected(party: &mut Party, reason: DisconnectReason) {
+    let ended = wait_event(&mut party.events, Duration::from_secs(20), |e| {
+        matches!(e, LiveKitEvent::Disconnected { .. })
+    })
+    .await;
+    assert_eq!(ended, LiveKitEvent::Disconnected { reason });
+}
+
 /// Waits (bounded) until `party` has heard `freq` for 5 s without a break.
 async fn wait_heard(party: &Party, freq: f64, within: Duration) {
     let deadline = Instant::now() + within;
@@ -168,16 +177,7 @@ async fn deleting_the_room_ends_the_call_with_room_deleted() {
         sfu_ref.twirp("DeleteRoom", "doomed", r#"{"room":"doomed"}"#)
     });
     assert_eq!(status, 200, "{body}");
-    let ended = wait_event(&mut carol.events, Duration::from_secs(20), |e| {
-        matches!(e, LiveKitEvent::Disconnected { .. })
-    })
-    .await;
-    assert_eq!(
-        ended,
-        LiveKitEvent::Disconnected {
-            reason: DisconnectReason::RoomDeleted
-        }
-    );
+    wait_disconnected(&mut carol, DisconnectReason::RoomDeleted).await;
     // The call is over: leaving now is harmless.
     carol.call.leave().await;
 }
@@ -326,6 +326,41 @@ async fn refused_resume_falls_back_to_a_full_rejoin() {
     bob.call.leave().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_and_restarted_sfu_is_rejoined_without_help() {
+    let _serial = SERIAL.lock().await;
+    let sfu = TestSfu::start(true);
+    let (http, udp) = (sfu.http, sfu.udp);
+    let mut alice = join(&sfu, "@alice:example.org:ALICEDEV", "door", 440.0).await;
+    let mut bob = join(&sfu, "@bob:example.org:BOBDEV", "door", 1000.0).await;
+    wait_heard_after(&alice, 0, 1000.0, 50, Duration::from_secs(30)).await;
+
+    // The server dies without a word; both clients notice and keep trying.
+    sfu.kill();
+    for party in [&mut alice, &mut bob] {
+        wait_event(&mut party.events, Duration::from_secs(20), |e| {
+            *e == LiveKitEvent::Reconnecting
+        })
+        .await;
+    }
+    // It comes back on the same address, knowing nobody: each client joins again by itself.
+    let _sfu = TestSfu::restart_at(http, udp, true);
+    for party in [&mut alice, &mut bob] {
+        wait_event(&mut party.events, Duration::from_secs(40), |e| {
+            *e == LiveKitEvent::Reconnected
+        })
+        .await;
+    }
+    let mark_alice = alice.heard.lock().unwrap().len();
+    let mark_bob = bob.heard.lock().unwrap().len();
+    wait_heard_after(&alice, mark_alice, 1000.0, 100, Duration::from_secs(30)).await;
+    wait_heard_after(&bob, mark_bob, 440.0, 100, Duration::from_secs(30)).await;
+    assert_eq!(alice.call.participants().len(), 1);
+    assert_eq!(bob.call.participants().len(), 1);
+    alice.call.leave().await;
+    bob.call.leave().await;
+}
+
 async fn join_e2ee(sfu: &TestSfu, identity: &str, tone_hz: f64, keys: E2eeKeys) -> Party {
     let sink = RecordingSink::new();
     let heard = sink.recording();
@@ -457,16 +492,7 @@ async fn server_shutdown_ends_the_call_with_server_shutdown() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     tokio::task::block_in_place(|| sfu.shutdown());
-    let ended = wait_event(&mut dave.events, Duration::from_secs(20), |e| {
-        matches!(e, LiveKitEvent::Disconnected { .. })
-    })
-    .await;
-    assert_eq!(
-        ended,
-        LiveKitEvent::Disconnected {
-            reason: DisconnectReason::ServerShutdown
-        }
-    );
+    wait_disconnected(&mut dave, DisconnectReason::ServerShutdown).await;
     dave.call.leave().await;
 }
 

@@ -6,13 +6,18 @@
 
 use super::speex::Resampler;
 use crate::pcm::{FRAME_SAMPLES, SAMPLE_RATE};
-use alsa::pcm::{Access, Format, HwParams, PCM};
+use alsa::pcm::{Access, Format, Frames, HwParams, PCM};
 use alsa::{Direction, ValueOr};
 
 /// Period we ask for: 10 ms.
-const PERIOD_MS: u32 = 10;
+pub const PERIOD_MS: u32 = 10;
 /// Periods per buffer we ask for.
-const PERIODS: u32 = 4;
+pub const PERIODS: u32 = 4;
+
+/// A frame count as alsa-lib takes it (a C `long`: 32 bits on armv7, 64 on aarch64).
+fn frames(n: u64) -> Frames {
+    Frames::try_from(n).unwrap_or(Frames::MAX)
+}
 
 /// What can go wrong with a device.
 #[derive(Debug, thiserror::Error)]
@@ -114,9 +119,9 @@ impl Pcm {
                 .set_rate_near(SAMPLE_RATE, ValueOr::Nearest)
                 .map_err(open_err)?;
             let period = hw
-                .set_period_size_near(i64::from(rate * PERIOD_MS / 1000), ValueOr::Nearest)
+                .set_period_size_near(frames(u64::from(rate * PERIOD_MS / 1000)), ValueOr::Nearest)
                 .map_err(open_err)?;
-            hw.set_buffer_size_near(period * i64::from(PERIODS))
+            hw.set_buffer_size_near(period.saturating_mul(frames(u64::from(PERIODS))))
                 .map_err(open_err)?;
             pcm.hw_params(&hw).map_err(open_err)?;
         }
@@ -138,14 +143,14 @@ impl Pcm {
         }
         {
             let sw = pcm.sw_params_current().map_err(open_err)?;
-            sw.set_avail_min(granted.period as i64).map_err(open_err)?;
+            sw.set_avail_min(frames(granted.period)).map_err(open_err)?;
             if dir == Direction::Playback {
                 // Start once the buffer is nearly full (librespot's rule).
                 let start = granted
                     .buffer
                     .saturating_sub(granted.period)
                     .max(granted.period);
-                sw.set_start_threshold(start as i64).map_err(open_err)?;
+                sw.set_start_threshold(frames(start)).map_err(open_err)?;
             }
             pcm.sw_params(&sw).map_err(open_err)?;
         }

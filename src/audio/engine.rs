@@ -26,7 +26,7 @@ pub const UPLINK_FRAMES: usize = 10;
 /// Frames buffered from the call to the speaker (120 ms of jitter room).
 pub const DOWNLINK_FRAMES: usize = 6;
 /// Longest wait of the capture side for the far-end frame it pairs with.
-const REFERENCE_WAIT: Duration = Duration::from_millis(15);
+pub const REFERENCE_WAIT: Duration = Duration::from_millis(15);
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
 

@@ -15,11 +15,14 @@ mod reference;
 mod sounds;
 mod speex;
 
-pub use device::{list_devices, Capture, DeviceError, DeviceInfo, Granted, Io, Playback};
+pub use device::{
+    list_devices, Capture, DeviceError, DeviceInfo, Granted, Io, Playback, PERIODS as ALSA_PERIODS,
+    PERIOD_MS as ALSA_PERIOD_MS,
+};
 pub use dsp::{db_to_gain, VoiceProcessor, VoiceSettings, ECHO_TAIL_SAMPLES};
 pub use engine::{
     volume_gain, AudioEngine, AudioError, AudioStats, DeviceStatus, EngineOptions, DOWNLINK_FRAMES,
-    UPLINK_FRAMES,
+    REFERENCE_WAIT, UPLINK_FRAMES,
 };
 pub use queue::{FrameQueue, Pop};
 pub use sounds::{load_wav, Clip, SoundBank, SoundError, SoundPlayer};

@@ -7,9 +7,9 @@
 
 use super::presence::{Change, Presence, Source};
 use crate::audio::AudioEngine;
-use crate::livekit::{self, ConnectOptions, DisconnectReason, LiveKitCall, LiveKitEvent};
+use crate::livekit::{self, ConnectOptions, DisconnectReason, E2eeKeys, LiveKitCall, LiveKitEvent};
 use crate::machine::Event;
-use crate::matrix::{MatrixEvent, MatrixSide};
+use crate::matrix::{MatrixEvent, MatrixSide, MediaKeyUpdate};
 use std::sync::{Arc, Mutex};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -33,6 +33,8 @@ pub struct CallDriver {
     matrix: Arc<MatrixSide>,
     audio: Arc<AudioEngine>,
     lk_opts: ConnectOptions,
+    /// `[call] require_encryption`: refuse calls in rooms without `m.room.encryption`.
+    require_encryption: bool,
     reports: mpsc::Sender<Report>,
     call: Arc<tokio::sync::Mutex<Option<LiveKitCall>>>,
     join_task: Option<JoinHandle<()>>,
@@ -45,12 +47,14 @@ impl CallDriver {
         matrix: Arc<MatrixSide>,
         audio: Arc<AudioEngine>,
         lk_opts: ConnectOptions,
+        require_encryption: bool,
         reports: mpsc::Sender<Report>,
     ) -> Self {
         Self {
             matrix,
             audio,
             lk_opts,
+            require_encryption,
             reports,
             call: Arc::default(),
             join_task: None,
@@ -58,7 +62,8 @@ impl CallDriver {
         }
     }
 
-    /// Starts joining: grant, LiveKit, membership; then `Joined` and the members already there.
+    /// Starts joining: media keys (encrypted rooms), grant, LiveKit, membership; then `Joined`
+    /// and the members already there.
     pub fn join(&mut self) {
         let generation = {
             let mut g = self.generation.lock().unwrap_or_else(|p| p.into_inner());
@@ -73,8 +78,22 @@ impl CallDriver {
             self.call.clone(),
         );
         let current = self.generation.clone();
+        let require_encryption = self.require_encryption;
         self.join_task = Some(tokio::spawn(async move {
+            let mut opts = opts;
             let result = async {
+                // Element Call: media E2EE exactly when the room is encrypted. The exchange
+                // starts before the membership is sent so no key sent to us is missed.
+                if matrix.room_is_encrypted().await {
+                    let keys = E2eeKeys::new();
+                    let updates = matrix.start_media_keys().await;
+                    tokio::spawn(install_media_keys(updates, keys.clone()));
+                    opts.e2ee = Some(keys);
+                } else if require_encryption {
+                    return Err("the room is not end-to-end encrypted and [call] require_encryption is set (enable encryption in the room's settings)".to_owned());
+                } else {
+                    tracing::warn!("the room is not end-to-end encrypted: call media is not end-to-end encrypted");
+                }
                 let grant = matrix.rtc_grant().await.map_err(|e| e.to_string())?;
                 tracing::info!(identity = %grant.identity, url = %grant.livekit_url, "joining the LiveKit room");
                 let (lk, events) =
@@ -126,6 +145,19 @@ impl CallDriver {
             (self.matrix.clone(), self.reports.clone(), self.call.clone());
         tokio::spawn(async move {
             if let Some(lk) = call.lock().await.take() {
+                for t in lk.stats().tracks {
+                    let d = t.stats.decode;
+                    tracing::info!(
+                        participant = t.identity.as_deref().unwrap_or("?"),
+                        packets = t.stats.packets_received,
+                        decoded = d.frames_decoded,
+                        concealed = d.frames_concealed,
+                        fec = d.frames_fec,
+                        undecryptable = t.stats.undecryptable,
+                        undecryptable_after_first_key = t.stats.undecryptable_after_first_key,
+                        "call audio received"
+                    );
+                }
                 lk.leave().await;
             }
             match matrix.leave().await {
@@ -141,6 +173,20 @@ impl CallDriver {
             }
             let _ = reports.send(Report::Machine(Event::Left)).await;
         });
+    }
+}
+
+/// Installs media keys from the Matrix side into the call's key ring until the exchange ends.
+async fn install_media_keys(mut updates: mpsc::Receiver<MediaKeyUpdate>, keys: E2eeKeys) {
+    while let Some(u) = updates.recv().await {
+        match u {
+            MediaKeyUpdate::Own { index, key } => keys.set_local_key(index, key.expose()),
+            MediaKeyUpdate::Remote {
+                identity,
+                index,
+                key,
+            } => keys.set_remote_key(&identity, index, key.expose()),
+        }
     }
 }
 

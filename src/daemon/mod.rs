@@ -48,10 +48,10 @@ struct Outputs {
 impl Outputs {
     /// Opens the configured lines; a line that cannot be opened is reported and left out
     /// (the intercom still works without its LED or relay).
-    fn open(cfg: &Config) -> Self {
+    fn open(cfg: &Config, led_at_start: LedPattern) -> Self {
         let led = cfg.led.as_ref().and_then(|c| match gpio::Led::open(c) {
             Ok(led) => {
-                let (tx, rx) = watch::channel(LedPattern::Heartbeat);
+                let (tx, rx) = watch::channel(led_at_start);
                 tokio::spawn(async move {
                     if let Err(e) = led.run(rx).await {
                         tracing::error!("LED: {e}");
@@ -80,6 +80,25 @@ impl Outputs {
             }
         });
         Self { led, relay }
+    }
+}
+
+/// What is wrong with the provisioning file, if it is there and broken: the provisioning step
+/// then kept the previous config, and the device says so until a good file comes.
+fn provisioning_problem(boot_file: &std::path::Path) -> Option<String> {
+    match crate::provision::check(boot_file) {
+        Ok(()) => None,
+        // The provisioning step runs as root; the service user may not read the boot partition.
+        Err(crate::provision::ProvisionError::Unreadable { err, .. })
+            if err.kind() == std::io::ErrorKind::PermissionDenied =>
+        {
+            tracing::debug!(file = %boot_file.display(), "provisioning file not readable by the service");
+            None
+        }
+        Err(e) => {
+            tracing::error!("{e}");
+            Some(e.to_string())
+        }
     }
 }
 
@@ -147,7 +166,7 @@ async fn start_matrix(
 }
 
 /// Runs until SIGTERM/SIGINT (leaving any call first).
-pub async fn run(loaded: LoadedConfig) -> anyhow::Result<()> {
+pub async fn run(loaded: LoadedConfig, boot_file: std::path::PathBuf) -> anyhow::Result<()> {
     // First, so that a SIGTERM during start-up is a clean shutdown too.
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut sigint = signal(SignalKind::interrupt())?;
@@ -155,12 +174,21 @@ pub async fn run(loaded: LoadedConfig) -> anyhow::Result<()> {
     let config_path = loaded.path;
     let started = Instant::now();
     let mut machine = CallMachine::new(timings(&cfg.call));
+    let mut led_at_start = LedPattern::Heartbeat;
+    if let Some(reason) = provisioning_problem(&boot_file) {
+        for action in machine.handle(Instant::now(), Event::ConfigProblem { reason }) {
+            if let Action::SetLed(pattern) = action {
+                led_at_start = pattern;
+            }
+        }
+    }
     let status_of = |m: &MachineStatus, connected: bool| Status {
         state: state_name(m),
         connected: connected && !m.network_lost,
         room: cfg.matrix.room.clone(),
         participants: m.members.clone(),
         last_error: m.last_error.clone(),
+        config_problem: m.config_problem.clone(),
         uptime_s: started.elapsed().as_secs(),
         call_duration_s: m.call_started_at.map(|t| t.elapsed().as_secs()),
     };
@@ -168,7 +196,7 @@ pub async fn run(loaded: LoadedConfig) -> anyhow::Result<()> {
     let (req_tx, mut req_rx) = mpsc::channel(8);
     let _control = ControlServer::bind(&cfg.control.socket, req_tx, status_rx).await?;
     let mut presses = start_button(&cfg)?;
-    let outputs = Outputs::open(&cfg);
+    let outputs = Outputs::open(&cfg, led_at_start);
     let audio = Arc::new(AudioEngine::start_with_options(
         &cfg.audio,
         crate::audio::EngineOptions {
@@ -216,6 +244,7 @@ pub async fn run(loaded: LoadedConfig) -> anyhow::Result<()> {
                     matrix,
                     audio.clone(),
                     crate::livekit::ConnectOptions::default(),
+                    cfg.call.require_encryption,
                     reports_tx.clone(),
                 ));
                 status_tx.send_replace(status_of(&machine.status(), true));

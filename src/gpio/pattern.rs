@@ -7,6 +7,7 @@ use std::time::Duration;
 fn cycle(pattern: LedPattern) -> Option<&'static [u64]> {
     match pattern {
         LedPattern::Heartbeat => Some(&[80, 120, 80, 1720]),
+        LedPattern::Attention => Some(&[80, 120, 80, 120, 80, 1520]),
         LedPattern::Blink => Some(&[250, 250]),
         LedPattern::Pulse => Some(&[900, 300]),
         LedPattern::FastBlink => Some(&[80, 80]),
@@ -72,6 +73,14 @@ mod tests {
         assert_eq!(next_change(Heartbeat, ms(0)), Some(ms(80)));
         assert_eq!(next_change(Heartbeat, ms(300)), Some(ms(1700)));
 
+        // Attention: three blips every 2 s, told apart from the heartbeat's two.
+        let blips = |p| {
+            (0..2000)
+                .filter(|t| pattern_level(p, ms(*t)) && !pattern_level(p, ms(t + 1)))
+                .count()
+        };
+        assert_eq!((blips(Heartbeat), blips(Attention)), (2, 3));
+
         // Blink is even, FastBlink faster, Pulse mostly on.
         assert!(pattern_level(Blink, ms(100)) && !pattern_level(Blink, ms(300)));
         assert_eq!(next_change(Blink, ms(100)), Some(ms(150)));
@@ -80,7 +89,7 @@ mod tests {
         assert!(pattern_level(Pulse, ms(1200)));
 
         // Following next_change always lands on a change of level.
-        for p in [Heartbeat, Blink, Pulse, FastBlink] {
+        for p in [Heartbeat, Attention, Blink, Pulse, FastBlink] {
             let mut t = ms(7);
             for _ in 0..20 {
                 let before = pattern_level(p, t);

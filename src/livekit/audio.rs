@@ -30,6 +30,8 @@ struct RemoteTrack {
     playout: TrackPlayout,
     packets: u64,
     undecryptable: u64,
+    decrypted_any: bool,
+    undecryptable_late: u64,
 }
 
 /// Decode and playout statistics of one remote track.
@@ -41,6 +43,9 @@ pub struct TrackStats {
     pub late_packets: u64,
     /// Packets dropped because they could not be decrypted (E2EE key missing or wrong).
     pub undecryptable: u64,
+    /// Of those, the ones after the first packet that did decrypt: failures once the key
+    /// exchange had settled (the ones before are packets that came before the key).
+    pub undecryptable_after_first_key: u64,
     pub decode: DecodeStats,
 }
 
@@ -67,6 +72,8 @@ impl Playback {
                         playout,
                         packets: 0,
                         undecryptable: 0,
+                        decrypted_any: false,
+                        undecryptable_late: 0,
                     },
                 );
             }
@@ -86,6 +93,7 @@ impl Playback {
     pub fn insert(&mut self, track_sid: &str, seq: u64, payload: Vec<u8>) {
         if let Some(t) = self.tracks.get_mut(track_sid) {
             t.packets += 1;
+            t.decrypted_any = true;
             t.playout.insert(seq, payload);
         }
     }
@@ -95,6 +103,9 @@ impl Playback {
         if let Some(t) = self.tracks.get_mut(track_sid) {
             t.packets += 1;
             t.undecryptable += 1;
+            if t.decrypted_any {
+                t.undecryptable_late += 1;
+            }
         }
     }
 
@@ -121,6 +132,7 @@ impl Playback {
                 packets_received: t.packets,
                 late_packets: t.playout.jitter_stats().late,
                 undecryptable: t.undecryptable,
+                undecryptable_after_first_key: t.undecryptable_late,
                 decode: t.playout.stats(),
             })
             .collect()

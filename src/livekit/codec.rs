@@ -44,6 +44,14 @@ impl MicEncoder {
         })
     }
 
+    /// The encoder's algorithmic delay.
+    pub fn lookahead(&mut self) -> Result<std::time::Duration, CodecError> {
+        let samples = u64::try_from(self.enc.get_lookahead()?).unwrap_or(0);
+        Ok(std::time::Duration::from_micros(
+            samples * 1_000_000 / u64::from(SAMPLE_RATE),
+        ))
+    }
+
     /// Encodes one 20 ms frame into an Opus packet.
     pub fn encode(&mut self, frame: &[i16]) -> Result<Vec<u8>, CodecError> {
         let n = self.enc.encode(frame, &mut self.buf)?;

@@ -80,7 +80,8 @@ impl E2eeKeys {
         }
     }
 
-    /// Sets a remote participant's key at `index`.
+    /// Sets a remote participant's key at `index`. The participant need not be in the room
+    /// yet: the key waits here for its first frames.
     pub fn set_remote_key(&self, identity: &str, index: u8, raw: &[u8]) {
         if let Ok(mut ring) = self.ring.lock() {
             ring.remote

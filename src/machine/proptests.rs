@@ -46,6 +46,7 @@ fn any_event() -> impl Strategy<Value = Event> {
         1 => Just(Event::TokenError { reason: "y".into() }),
         1 => any_user().prop_map(|user| Event::DoorOpenRequested { user }),
         1 => any_timer().prop_map(Event::TimerFired),
+        1 => Just(Event::ConfigProblem { reason: "z".into() }),
         1 => Just(Event::Shutdown),
     ]
 }

@@ -713,6 +713,43 @@ fn status_reports_members_errors_and_call_start() {
 }
 
 #[test]
+fn a_config_problem_shows_attention_at_rest_and_in_status_without_blocking_calls() {
+    let t0 = Instant::now();
+    let mut m = CallMachine::new(timings());
+    let problem = || Event::ConfigProblem {
+        reason: "provisioning file not imported".into(),
+    };
+    assert_eq!(
+        m.handle(t0, problem()),
+        vec![Action::SetLed(LedPattern::Attention)]
+    );
+    assert_eq!(m.state(), State::Idle);
+    assert_eq!(
+        m.status().config_problem.as_deref(),
+        Some("provisioning file not imported")
+    );
+
+    // Calls still work; the call's own LED patterns win while in it.
+    assert!(m.handle(t0, Event::ButtonPressed).contains(&Action::Join));
+    m.handle(t0, Event::Joined);
+    m.handle(t0, joined_by(ALICE));
+    assert_eq!(m.state(), State::InCall);
+    // Learned mid-call: remembered, the call's LED stays.
+    assert!(!m
+        .handle(t0, problem())
+        .iter()
+        .any(|a| matches!(a, Action::SetLed(_))));
+    m.handle(t0, Event::ButtonPressed);
+    let back = m.handle(t0 + secs(1), Event::Left);
+    assert_eq!(m.state(), State::Idle);
+    assert!(
+        back.contains(&Action::SetLed(LedPattern::Attention)),
+        "{back:?}"
+    );
+    assert!(m.status().config_problem.is_some());
+}
+
+#[test]
 fn token_error_is_reported_as_such() {
     let mut m = CallMachine::new(timings());
     m.handle(

@@ -160,6 +160,8 @@ pub(super) async fn login(
         .ok_or_else(|| MatrixError::Login("the homeserver returned no session".into()))?;
     session::save(state_dir, &stored)?;
     info!(device_id = %stored.device_id, "logged in; session stored");
+    // Only now is the password at hand: the one-time login is when the device gets signed.
+    super::cross_signing::bootstrap(&client, &stored.user_id, &Secret::new(password)).await;
     Ok((client, stored))
 }
 

@@ -15,12 +15,18 @@
 //!   first), then [`MatrixSide::rtc_grant`] for the media side (a fresh JWT per connect).
 //! - [`MatrixSide::leave`] when the call is over. Dropping the side without leaving is a crash
 //!   as far as the room is concerned: the membership disappears ~10 s later.
+//! - Encrypted room: [`MatrixSide::start_media_keys`] before joining; the media keys arrive as
+//!   [`MediaKeyUpdate`]s (Element Call per-participant keys over Olm to-device messages).
 //! - CLI: [`login_interactive`], [`logout`], [`session_exists`].
 
 mod client;
+mod cross_signing;
 pub mod error;
 mod http;
+mod key_exchange;
+pub mod key_message;
 mod manager;
+pub mod media_keys;
 pub mod members;
 pub mod membership;
 pub mod session;
@@ -40,6 +46,7 @@ use tracing::{info, warn};
 
 pub use client::{login_interactive, logout};
 pub use error::{MatrixError, ServerRefusal, SessionError};
+pub use key_exchange::MediaKeyUpdate;
 pub use members::CallMember;
 pub use session::{session_exists, StoredSession};
 pub use token::RtcGrant;
@@ -92,6 +99,8 @@ pub struct MatrixSide {
     members: watch::Receiver<Vec<CallMember>>,
     joined: Arc<AtomicBool>,
     active: Mutex<Option<ActiveMembership>>,
+    key_inbox: sync::KeyInbox,
+    key_task: Mutex<Option<JoinHandle<()>>>,
     tasks: Vec<JoinHandle<()>>,
 }
 
@@ -99,6 +108,11 @@ impl Drop for MatrixSide {
     fn drop(&mut self) {
         for t in &self.tasks {
             t.abort();
+        }
+        if let Ok(mut t) = self.key_task.try_lock() {
+            if let Some(t) = t.take() {
+                t.abort();
+            }
         }
     }
 }
@@ -128,6 +142,7 @@ impl MatrixSide {
 
         let (members_tx, members_rx) = watch::channel(Vec::new());
         let joined = Arc::new(AtomicBool::new(false));
+        let key_inbox = sync::KeyInbox::default();
         let sync = sync::SyncLoop {
             client: client.clone(),
             room: room.clone(),
@@ -137,6 +152,7 @@ impl MatrixSide {
             events: tx,
             members: members_tx,
             joined: joined.clone(),
+            key_inbox: key_inbox.clone(),
         };
         let sync_task = tokio::spawn(sync.run(first.next_batch));
         let http =
@@ -158,6 +174,8 @@ impl MatrixSide {
                 members: members_rx,
                 joined,
                 active: Mutex::new(None),
+                key_inbox,
+                key_task: Mutex::new(None),
                 tasks: vec![session_task, sync_task],
             },
             rx,
@@ -297,8 +315,44 @@ impl MatrixSide {
         }
     }
 
-    /// Leaves the call (sends the delayed leave now; falls back to putting `{}`).
+    /// Starts the media key exchange of the room's call (Element Call's per-participant keys
+    /// over Olm; for encrypted rooms, before [`Self::join`] so no key sent to us is missed).
+    /// Our key and the other members' keys arrive on the receiver until [`Self::leave`];
+    /// starting again restarts it with a new key.
+    pub async fn start_media_keys(&self) -> mpsc::Receiver<MediaKeyUpdate> {
+        self.stop_media_keys().await;
+        let (inbox_tx, inbox) = mpsc::channel(key_exchange::INBOX);
+        let (updates, rx) = mpsc::channel(key_exchange::INBOX);
+        if let Ok(mut i) = self.key_inbox.lock() {
+            *i = Some(inbox_tx);
+        }
+        let task = key_exchange::KeyDriver {
+            client: self.client.clone(),
+            room_id: self.room_id().to_owned(),
+            user_id: self.user_id.clone(),
+            device_id: self.device_id.clone(),
+            members: self.members.clone(),
+            inbox,
+            updates,
+        }
+        .spawn();
+        *self.key_task.lock().await = Some(task);
+        rx
+    }
+
+    async fn stop_media_keys(&self) {
+        if let Ok(mut i) = self.key_inbox.lock() {
+            *i = None;
+        }
+        if let Some(t) = self.key_task.lock().await.take() {
+            t.abort();
+        }
+    }
+
+    /// Leaves the call (sends the delayed leave now; falls back to putting `{}`) and stops the
+    /// media key exchange.
     pub async fn leave(&self) -> Result<(), MatrixError> {
+        self.stop_media_keys().await;
         let Some(m) = self.active.lock().await.take() else {
             return Err(MatrixError::NotJoined);
         };

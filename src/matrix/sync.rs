@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use matrix_sdk::config::SyncSettings;
-use matrix_sdk::deserialized_responses::RawAnySyncOrStrippedState;
+use matrix_sdk::deserialized_responses::{ProcessedToDeviceEvent, RawAnySyncOrStrippedState};
 use matrix_sdk::ruma::events::StateEventType;
 use matrix_sdk::{Client, Room};
 use serde_json::Value;
@@ -18,6 +18,7 @@ use tokio::sync::{mpsc, watch};
 use tracing::{debug, warn};
 
 use super::error::MatrixError;
+use super::key_message::{ReceivedKeyMessage, KEY_EVENT_TYPE};
 use super::manager::now_ms;
 use super::members::{
     joined_users, next_expiry, valid_members, CallMember, CallTracker, CALL_MEMBER_TYPE,
@@ -82,6 +83,33 @@ pub(crate) struct SyncLoop {
     pub members: watch::Sender<Vec<CallMember>>,
     /// Whether the device is in the call (set by the facade).
     pub joined: Arc<AtomicBool>,
+    /// Where media key messages go while a key exchange runs.
+    pub key_inbox: KeyInbox,
+}
+
+/// The running key exchange's inbox, if any.
+pub(crate) type KeyInbox = Arc<std::sync::Mutex<Option<mpsc::Sender<ReceivedKeyMessage>>>>;
+
+/// A media key message among the to-device events: who sent it, whether Olm-encrypted, content.
+pub(crate) fn key_message(ev: &ProcessedToDeviceEvent) -> Option<ReceivedKeyMessage> {
+    let (raw, encrypted, sender) = match ev {
+        ProcessedToDeviceEvent::Decrypted {
+            raw,
+            encryption_info,
+        } => (raw, true, Some(encryption_info.sender.to_string())),
+        ProcessedToDeviceEvent::PlainText(raw) => (raw, false, None),
+        _ => return None,
+    };
+    let v: Value = serde_json::from_str(raw.json().get()).ok()?;
+    if v.get("type").and_then(Value::as_str) != Some(KEY_EVENT_TYPE) {
+        return None;
+    }
+    let sender = sender.or_else(|| v.get("sender")?.as_str().map(str::to_owned))?;
+    Some(ReceivedKeyMessage {
+        sender,
+        encrypted,
+        content: v.get("content")?.clone(),
+    })
 }
 
 impl SyncLoop {
@@ -113,6 +141,7 @@ impl SyncLoop {
                         last_report = None;
                     }
                     token = resp.next_batch.clone();
+                    self.forward_keys(&resp.to_device);
                     if let Some(update) = resp.rooms.joined.get(self.room.room_id()) {
                         for ev in &update.timeline.events {
                             let Ok(v) = serde_json::from_str::<Value>(ev.raw().json().get()) else {
@@ -155,6 +184,20 @@ impl SyncLoop {
         }
     }
 
+    fn forward_keys(&self, events: &[ProcessedToDeviceEvent]) {
+        let inbox = self.key_inbox.lock().ok().and_then(|i| i.clone());
+        for msg in events.iter().filter_map(key_message) {
+            match &inbox {
+                Some(tx) => {
+                    if tx.try_send(msg).is_err() {
+                        warn!("media key inbox full or closed; a key message was dropped");
+                    }
+                }
+                None => debug!(sender = %msg.sender, "media key message outside a call ignored"),
+            }
+        }
+    }
+
     async fn refresh_members(&self, tracker: &mut CallTracker) {
         match current_members(&self.room).await {
             Ok(members) => {
@@ -174,7 +217,35 @@ impl SyncLoop {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use matrix_sdk::ruma::serde::Raw;
     use serde_json::json;
+
+    fn plain(v: Value) -> ProcessedToDeviceEvent {
+        ProcessedToDeviceEvent::PlainText(Raw::from_json_string(v.to_string()).unwrap())
+    }
+
+    #[test]
+    fn cleartext_key_messages_are_marked_unencrypted_and_other_types_ignored() {
+        let content = json!({"keys": {"index": 0, "key": "AAAA"}, "room_id": "!r:hs"});
+        let msg = key_message(&plain(json!({"type": KEY_EVENT_TYPE, "sender": "@eve:hs",
+            "content": content})))
+        .expect("a key message");
+        assert_eq!(
+            msg,
+            ReceivedKeyMessage {
+                sender: "@eve:hs".into(),
+                encrypted: false,
+                content,
+            }
+        );
+        assert_eq!(
+            key_message(&plain(
+                json!({"type": "m.room_key_request", "sender": "@eve:hs",
+                "content": {}})
+            )),
+            None
+        );
+    }
 
     #[test]
     fn door_requests_from_message_and_key_reaction() {

@@ -8,6 +8,10 @@ publishes a mono 48 kHz sine "microphone", and reports as JSON lines on stdout:
   {"event":"error","message":...}
 Exits on stdin EOF or after the duration.
 
+KEY_HEX "-" selects per-participant keys (Element Call's mode, key ring 256): they come as JSON
+lines on stdin, {"identity": ..., "index": n, "key_hex": ..., "own": bool}; an own key is also
+the one the microphone track is encrypted with from then on.
+
 usage: lk_e2ee_peer.py URL TOKEN KEY_HEX TONE_HZ EXPECT_HZ DURATION_S
 """
 
@@ -85,10 +89,12 @@ async def main():
             emit(event="track_subscribed", identity=participant.identity)
             tasks.append(asyncio.ensure_future(listen(track, participant.identity, expect, stop)))
 
+    per_participant = key_hex == "-"
     encryption = rtc.E2EEOptions(
         key_provider_options=rtc.KeyProviderOptions(
-            shared_key=bytes.fromhex(key_hex),
+            shared_key=None if per_participant else bytes.fromhex(key_hex),
             key_derivation_function=rtc.KeyDerivationFunction.HKDF,
+            key_ring_size=256 if per_participant else 16,
         )
     )
     try:
@@ -103,8 +109,42 @@ async def main():
         track, rtc.TrackPublishOptions(source=rtc.TrackSource.SOURCE_MICROPHONE))
     tasks.append(asyncio.ensure_future(publish_tone(source, tone, stop)))
     loop = asyncio.get_running_loop()
-    threading.Thread(target=lambda: (sys.stdin.read(), loop.call_soon_threadsafe(stop.set)),
-                     daemon=True).start()
+    own_index = [None]
+
+    def apply_own_index():
+        for fc in room.e2ee_manager.frame_cryptors():
+            if fc.participant_identity == room.local_participant.identity and own_index[0] is not None:
+                fc.set_key_index(own_index[0])
+
+    async def keep_own_index():
+        # The microphone's frame cryptor appears some time after publishing.
+        while not stop.is_set():
+            apply_own_index()
+            await asyncio.sleep(0.5)
+
+    if per_participant:
+        tasks.append(asyncio.ensure_future(keep_own_index()))
+
+    def set_key(line):
+        try:
+            k = json.loads(line)
+            provider = room.e2ee_manager.key_provider
+            identity = room.local_participant.identity if k.get("own") else k["identity"]
+            provider.set_key(identity, bytes.fromhex(k["key_hex"]), int(k["index"]))
+            if k.get("own"):
+                own_index[0] = int(k["index"])
+            apply_own_index()
+            emit(event="key_set", identity=identity, index=int(k["index"]))
+        except Exception as e:  # noqa: BLE001 - reported to the test
+            emit(event="error", message=f"bad key line: {e}")
+
+    def read_stdin():
+        for line in sys.stdin:
+            if per_participant and line.strip():
+                loop.call_soon_threadsafe(set_key, line)
+        loop.call_soon_threadsafe(stop.set)
+
+    threading.Thread(target=read_stdin, daemon=True).start()
     try:
         await asyncio.wait_for(stop.wait(), timeout=duration)
     except asyncio.TimeoutError:

@@ -2,6 +2,7 @@
 //! files, and a Goertzel tone detector. Include with `mod support;`.
 #![allow(dead_code)]
 
+pub mod jsrtc;
 pub mod pcm;
 pub mod proxy;
 pub mod relay;

@@ -45,6 +45,34 @@ impl TestSfu {
         ns: Option<String>,
         auto_create: bool,
     ) -> Self {
+        Self::start_full(ip, advertise, ns, auto_create, (0, 0))
+    }
+
+    /// A new SFU on the signalling and media addresses of one that is gone (a restarted
+    /// server: same URL, same ICE candidate, none of the old sessions or rooms).
+    pub fn restart_at(http: SocketAddr, udp: SocketAddr, auto_create: bool) -> Self {
+        assert_eq!(http.ip(), udp.ip(), "one address for both sockets");
+        Self::start_full(
+            http.ip(),
+            None,
+            None,
+            auto_create,
+            (http.port(), udp.port()),
+        )
+    }
+
+    /// Stops the SFU as if its process were killed: no `LeaveRequest`, every socket closed.
+    pub fn kill(self) {
+        drop(self);
+    }
+
+    fn start_full(
+        ip: IpAddr,
+        advertise: Option<IpAddr>,
+        ns: Option<String>,
+        auto_create: bool,
+        (http_port, udp_port): (u16, u16),
+    ) -> Self {
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<bool>();
         let run = move || {
@@ -54,7 +82,9 @@ impl TestSfu {
                 .build()
                 .expect("SFU runtime");
             rt.block_on(async move {
-                let udp = tokio::net::UdpSocket::bind((ip, 0)).await.expect("SFU UDP");
+                let udp = tokio::net::UdpSocket::bind((ip, udp_port))
+                    .await
+                    .expect("SFU UDP");
                 let local = udp.local_addr().unwrap();
                 let plan = NetPlan {
                     local,
@@ -63,7 +93,7 @@ impl TestSfu {
                 let (engine_tx, engine_rx) = tokio::sync::mpsc::unbounded_channel();
                 let control = engine_tx.clone();
                 let engine = tokio::spawn(Engine::new(udp, plan, auto_create).run(engine_rx));
-                let listener = tokio::net::TcpListener::bind((ip, 0))
+                let listener = tokio::net::TcpListener::bind((ip, http_port))
                     .await
                     .expect("SFU TCP");
                 let http = listener.local_addr().unwrap();

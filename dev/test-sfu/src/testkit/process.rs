@@ -84,6 +84,15 @@ impl LineProcess {
         self.child.id()
     }
 
+    /// Writes one line to the child's stdin (a command for a scripted peer); false once stdin
+    /// is closed or the child is gone.
+    pub fn send_line(&mut self, line: &str) -> bool {
+        match self.stdin.as_mut() {
+            Some(s) => writeln!(s, "{line}").and_then(|()| s.flush()).is_ok(),
+            None => false,
+        }
+    }
+
     /// Close stdin (the Python peer then leaves and exits).
     pub fn close_stdin(&mut self) {
         if let Some(mut s) = self.stdin.take() {
