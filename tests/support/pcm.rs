@@ -1,5 +1,6 @@
 //! [`PcmSource`]/[`PcmSink`] implementations for tests: a sine tone generator, a raw
-//! s16le file reader, and a recording sink (memory, optionally also a raw file). All are
+//! s16le file reader, a recording sink (memory, optionally also a raw file) and a discarding
+//! sink (benchmarks: no memory growth over a long call). All are
 //! paced at real time (one frame per 20 ms) like a sound card.
 
 use std::fs::File;
@@ -117,6 +118,26 @@ impl PcmSink for RecordingSink {
                     })?;
             }
         }
+        Ok(())
+    }
+}
+
+/// Takes every frame at real-time pace and drops it (a sound card nobody listens to).
+pub struct DiscardSink {
+    pacer: FramePacer,
+}
+
+impl DiscardSink {
+    pub fn new() -> Self {
+        Self {
+            pacer: FramePacer::new(),
+        }
+    }
+}
+
+impl PcmSink for DiscardSink {
+    fn write_frame(&mut self, _frame: &[i16]) -> Result<(), PcmError> {
+        self.pacer.wait();
         Ok(())
     }
 }

@@ -3,8 +3,10 @@
 
 Joins a room, publishes a mono 48 kHz sine "microphone" track, subscribes to remote audio and
 reports, as JSON lines on stdout:
-  {"event":"connected","identity":...}
+  {"event":"connected","identity":...,"connect_ms":...}
+  {"event":"published","publish_ms":...}
   {"event":"track_subscribed","identity":...}
+  {"event":"first_audio","identity":...,"ms":...}   (first decoded frame of that participant)
   {"event":"tone","identity":...,"freq":...,"level_db":...,"ratio":...}   (about once a second;
       env LK_PEER_WINDOW_MS sets another window length, e.g. 200 for audio with dropouts)
   {"event":"participant_disconnected","identity":...,"reason":...}
@@ -12,7 +14,8 @@ reports, as JSON lines on stdout:
   {"event":"reconnecting"} / {"event":"reconnected"}   (signalling resume)
   {"event":"error","message":...}
 `ratio` is the Goertzel power at the expected frequency divided by the total power of the
-window (1.0 = pure tone). Exits on stdin EOF, after the duration, or when disconnected.
+window (1.0 = pure tone). `connect_ms`, `publish_ms` and `ms` count from just before
+`Room.connect()` (the token in hand); `publish_ms` is when `publish_track()` returned. Exits on stdin EOF, after the duration, or when disconnected.
 
 usage: lk_peer.py URL TOKEN TONE_HZ EXPECT_HZ DURATION_S
 """
@@ -23,6 +26,7 @@ import math
 import os
 import sys
 import threading
+import time
 
 import numpy as np
 from livekit import rtc
@@ -48,12 +52,10 @@ def goertzel_ratio(samples: np.ndarray, freq: float):
     n = len(samples)
     if n == 0:
         return 0.0, -120.0
-    k = 2.0 * math.cos(2.0 * math.pi * freq / RATE)
-    s1 = s2 = 0.0
-    for x in samples:
-        s0 = x + k * s1 - s2
-        s2, s1 = s1, s0
-    power = s1 * s1 + s2 * s2 - k * s1 * s2
+    # Goertzel power = |DFT at freq|^2, computed with numpy (a Python loop over every sample
+    # would cost more CPU than the SDK itself, skewing the benchmark's CPU figure).
+    phase = np.exp(-2j * np.pi * freq * np.arange(n) / RATE)
+    power = float(abs(np.dot(samples, phase)) ** 2)
     total = float(np.sum(samples * samples))
     # A pure sine of energy E gives Goertzel power ~ E * n / 2.
     ratio = (2.0 * power / n) / total if total > 0 else 0.0
@@ -73,13 +75,21 @@ async def publish_tone(source: rtc.AudioSource, freq: float, stop: asyncio.Event
         await source.capture_frame(frame)
 
 
-async def listen(track, identity: str, expect: float, stop: asyncio.Event):
+def since_ms(t0: float) -> float:
+    return round((time.perf_counter() - t0) * 1000.0, 1)
+
+
+async def listen(track, identity: str, expect: float, stop: asyncio.Event, t0: float):
     stream = rtc.AudioStream(track, sample_rate=RATE, num_channels=1)
     window = []
     count = 0
+    first = True
     async for ev in stream:
         if stop.is_set():
             break
+        if first:
+            emit(event="first_audio", identity=identity, ms=since_ms(t0))
+            first = False
         data = np.frombuffer(ev.frame.data, dtype=np.int16).astype(np.float64) / 32768.0
         window.append(data)
         count += len(data)
@@ -113,7 +123,7 @@ async def main():
     def on_track(track, publication, participant):
         if track.kind == rtc.TrackKind.KIND_AUDIO:
             emit(event="track_subscribed", identity=participant.identity, track=publication.sid)
-            tasks.append(asyncio.ensure_future(listen(track, participant.identity, expect, stop)))
+            tasks.append(asyncio.ensure_future(listen(track, participant.identity, expect, stop, t0)))
 
     @room.on("participant_disconnected")
     def on_gone(participant):
@@ -133,17 +143,19 @@ async def main():
         emit(event="disconnected", reason=reason_name(reason))
         stop.set()
 
+    t0 = time.perf_counter()
     try:
         await room.connect(url, token, rtc.RoomOptions(auto_subscribe=True))
     except Exception as e:  # noqa: BLE001 - reported to the test, which decides
         emit(event="error", message=str(e))
         sys.exit(1)
-    emit(event="connected", identity=room.local_participant.identity)
+    emit(event="connected", identity=room.local_participant.identity, connect_ms=since_ms(t0))
 
     source = rtc.AudioSource(RATE, 1)
     track = rtc.LocalAudioTrack.create_audio_track("tone", source)
     await room.local_participant.publish_track(
         track, rtc.TrackPublishOptions(source=rtc.TrackSource.SOURCE_MICROPHONE))
+    emit(event="published", publish_ms=since_ms(t0))
     tasks.append(asyncio.ensure_future(publish_tone(source, tone, stop)))
     watch_stdin(asyncio.get_running_loop(), stop)
     try:

@@ -79,6 +79,11 @@ impl LineProcess {
         .and_then(|l| serde_json::from_str(&l).ok())
     }
 
+    /// The child's process id (for reading its `/proc/<pid>` figures while it runs).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Writes one line to the child's stdin (a command for a scripted peer); false once stdin
     /// is closed or the child is gone.
     pub fn send_line(&mut self, line: &str) -> bool {
