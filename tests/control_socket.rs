@@ -162,9 +162,9 @@ fn a_broken_provisioning_file_is_reported_while_the_daemon_runs_on() {
     assert!(problem.contains("not imported"), "{problem}");
     assert!(problem.contains("matrix-intercom.toml:3"), "{problem}");
     assert!(problem.contains("room"), "{problem}");
-    // Running on the previous config: its room, and idle.
+    // Running on the previous config (its room; its homeserver is unreachable here, so the
+    // state may already be `error`: that is the previous config at work, not the broken file).
     assert_eq!(status["room"], "#door:example.org");
-    assert_eq!(status["state"], "idle");
     assert!(daemon.terminate().success());
 }
 
