@@ -243,6 +243,25 @@ fn device_and_python_sdk_hear_each_other_and_see_the_leave() {
     assert_eq!(report.undecryptable, 0);
 }
 
+/// The device's keys with one shared `key` for itself and the Python peer.
+fn device_keys(key: &[u8; 16]) -> E2eeKeys {
+    let keys = E2eeKeys::new();
+    keys.set_local_key(0, key);
+    keys.set_remote_key(PYTHON, 0, key);
+    keys
+}
+
+/// The Python SDK in shared-key E2EE mode (key ring 256, HKDF), sending 1 kHz, expecting 440 Hz.
+fn python_e2ee_peer(python: &Path, net: &NetnsPair, url: &str, key: &[u8; 16]) -> LineProcess {
+    let key_hex: String = key.iter().map(|b| format!("{b:02x}")).collect();
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support/lk_e2ee_peer.py");
+    let token = join_token(PYTHON, "door");
+    let mut cmd = NetnsPair::command_in(&net.py_ns, python);
+    cmd.arg(&script)
+        .args([url, token.expose(), &key_hex, "1000", "440", "60"]);
+    LineProcess::spawn("python-e2ee", cmd).expect("Python E2EE peer started")
+}
+
 #[test]
 fn encrypted_audio_interoperates_with_the_python_sdk() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
@@ -250,18 +269,9 @@ fn encrypted_audio_interoperates_with_the_python_sdk() {
         return;
     };
     // One shared media key (as the SDK's shared-key mode uses), HKDF-derived on both sides.
-    let key = *b"interop-media-k!";
-    let keys = E2eeKeys::new();
-    keys.set_local_key(0, &key);
-    keys.set_remote_key(PYTHON, 0, &key);
-    let key_hex: String = key.iter().map(|b| format!("{b:02x}")).collect();
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support/lk_e2ee_peer.py");
-    let report = exchange(&net, Some(keys), |url| {
-        let token = join_token(PYTHON, "door");
-        let mut cmd = NetnsPair::command_in(&net.py_ns, &python);
-        cmd.arg(&script)
-            .args([url, token.expose(), &key_hex, "1000", "440", "60"]);
-        LineProcess::spawn("python-e2ee", cmd).expect("Python E2EE peer started")
+    let key = b"interop-media-k!";
+    let report = exchange(&net, Some(device_keys(key)), |url| {
+        python_e2ee_peer(&python, &net, url, key)
     });
     assert_heard_cleanly(&report);
     assert!(report.undecryptable * 50 < report.decoded, "{report:?}");
@@ -274,28 +284,10 @@ fn a_wrong_key_on_either_side_gives_counted_silence_not_noise() {
         return;
     };
     // The device encrypts with and expects one key; the Python SDK uses another.
-    let device_key = *b"interop-media-k!";
-    let keys = E2eeKeys::new();
-    keys.set_local_key(0, &device_key);
-    keys.set_remote_key(PYTHON, 0, &device_key);
-    let python_key: String = b"not-the-same-k!!"
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
+    let keys = device_keys(b"interop-media-k!");
     let sfu_ip: IpAddr = net.sfu_ip().parse().unwrap();
     let sfu = TestSfu::start_on(sfu_ip, Some(net.sfu_ns.clone()), true);
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support/lk_e2ee_peer.py");
-    let token = join_token(PYTHON, "door");
-    let mut cmd = NetnsPair::command_in(&net.py_ns, &python);
-    cmd.arg(&script).args([
-        &sfu.ws_url(),
-        token.expose(),
-        &python_key,
-        "1000",
-        "440",
-        "60",
-    ]);
-    let mut peer = LineProcess::spawn("python-e2ee", cmd).expect("Python E2EE peer started");
+    let mut peer = python_e2ee_peer(&python, &net, &sfu.ws_url(), b"not-the-same-k!!");
     connected(&mut peer);
 
     let (gone_tx, gone_rx) = std_mpsc::channel::<()>();
