@@ -48,8 +48,14 @@ qemu_ok() {
 if ! qemu_ok; then
     codename=$(. /etc/os-release && echo "${VERSION_CODENAME:-}")
     if [[ $codename == bookworm ]] && ! grep -rqs 'bookworm-backports' /etc/apt/sources.list /etc/apt/sources.list.d/; then
-        log "adding the bookworm-backports apt source"
-        printf '%s\n' 'Types: deb' 'URIs: http://deb.debian.org/debian' 'Suites: bookworm-backports' \
+        # The same mirror as the machine's own bookworm source.
+        mirror=$({
+            sed -n 's/^URIs: *\([^ ]*\).*/\1/p' /etc/apt/sources.list.d/*.sources 2>/dev/null
+            sed -n 's/^deb \(\[[^]]*\] \)\{0,1\}\([^ ]*\) bookworm .*/\2/p' /etc/apt/sources.list 2>/dev/null
+        } | grep -v security | head -1 || true)
+        [[ -n $mirror ]] || { log "no Debian mirror in /etc/apt/sources.list*: add bookworm-backports by hand"; exit 1; }
+        log "adding the bookworm-backports apt source ($mirror)"
+        printf '%s\n' 'Types: deb' "URIs: $mirror" 'Suites: bookworm-backports' \
             'Components: main' 'Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg' \
             >/etc/apt/sources.list.d/bookworm-backports.sources
     fi
