@@ -20,6 +20,9 @@ use support::tone::longest_tone_run;
 const DEVICE: &str = "@door:example.org:DOORDEV";
 const PYTHON: &str = "@visitor:example.org:PYDEV";
 
+/// How long the device waits to hear 5 s of the peer's tone.
+const DEVICE_LISTENS: Duration = Duration::from_secs(40);
+
 /// The interop tests run one at a time (two real-time libwebrtc peers side by side on a
 /// 2-core machine measure the machine, not the client).
 static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
@@ -164,11 +167,15 @@ fn spawn_device(
     })
 }
 
-/// Runs one device/Python exchange; `python` starts the peer given the SFU URL.
+/// Runs one device/Python exchange: `python` starts the peer given the SFU URL; the device
+/// listens (up to `listen`) for the peer's tone; then `python_heard` checks what the peer
+/// reported while both are still in the call.
 fn exchange(
     net: &NetnsPair,
     e2ee: Option<E2eeKeys>,
+    listen: Duration,
     python: impl FnOnce(&str) -> LineProcess,
+    python_heard: impl FnOnce(&mut LineProcess),
 ) -> DeviceReport {
     let sfu_ip: IpAddr = net.sfu_ip().parse().unwrap();
     let sfu = TestSfu::start_on(sfu_ip, Some(net.sfu_ns.clone()), true);
@@ -183,7 +190,7 @@ fn exchange(
         url,
         format!("10.77.{}.0/24", net.subnet),
         e2ee,
-        Duration::from_secs(40),
+        listen,
         heard_tx,
         gone_rx,
     );
@@ -191,11 +198,11 @@ fn exchange(
         v["event"] == "track_subscribed" && v["identity"] == DEVICE
     })
     .expect("the Python peer subscribed to the device");
-    python_hears(&mut peer, DEVICE, 5);
     // Python leaves once the device has measured what it heard (bounded on both sides).
     heard_rx
         .recv_timeout(Duration::from_secs(60))
         .expect("device finished listening");
+    python_heard(&mut peer);
     peer.close_stdin();
     assert!(
         peer.wait_exit(Duration::from_secs(20)),
@@ -223,22 +230,28 @@ fn device_and_python_sdk_hear_each_other_and_see_the_leave() {
     let Some((python, net)) = interop_setup() else {
         return;
     };
-    let report = exchange(&net, None, |url| {
-        let token = join_token(PYTHON, "door");
-        start_peer(
-            &python,
-            &net.py_ns,
-            &PeerSpec {
-                name: "python",
-                url,
-                token: token.expose(),
-                tone_hz: 1000,
-                expect_hz: 440,
-                duration_s: 60,
-            },
-        )
-        .expect("Python peer started")
-    });
+    let report = exchange(
+        &net,
+        None,
+        DEVICE_LISTENS,
+        |url| {
+            let token = join_token(PYTHON, "door");
+            start_peer(
+                &python,
+                &net.py_ns,
+                &PeerSpec {
+                    name: "python",
+                    url,
+                    token: token.expose(),
+                    tone_hz: 1000,
+                    expect_hz: 440,
+                    duration_s: 60,
+                },
+            )
+            .expect("Python peer started")
+        },
+        |peer| python_hears(peer, DEVICE, 5),
+    );
     assert_heard_cleanly(&report);
     assert_eq!(report.undecryptable, 0);
 }
@@ -270,9 +283,13 @@ fn encrypted_audio_interoperates_with_the_python_sdk() {
     };
     // One shared media key (as the SDK's shared-key mode uses), HKDF-derived on both sides.
     let key = b"interop-media-k!";
-    let report = exchange(&net, Some(device_keys(key)), |url| {
-        python_e2ee_peer(&python, &net, url, key)
-    });
+    let report = exchange(
+        &net,
+        Some(device_keys(key)),
+        DEVICE_LISTENS,
+        |url| python_e2ee_peer(&python, &net, url, key),
+        |peer| python_hears(peer, DEVICE, 5),
+    );
     assert_heard_cleanly(&report);
     assert!(report.undecryptable * 50 < report.decoded, "{report:?}");
 }
@@ -284,50 +301,28 @@ fn a_wrong_key_on_either_side_gives_counted_silence_not_noise() {
         return;
     };
     // The device encrypts with and expects one key; the Python SDK uses another.
-    let keys = device_keys(b"interop-media-k!");
-    let sfu_ip: IpAddr = net.sfu_ip().parse().unwrap();
-    let sfu = TestSfu::start_on(sfu_ip, Some(net.sfu_ns.clone()), true);
-    let mut peer = python_e2ee_peer(&python, &net, &sfu.ws_url(), b"not-the-same-k!!");
-    connected(&mut peer);
-
-    let (gone_tx, gone_rx) = std_mpsc::channel::<()>();
-    let (heard_tx, heard_rx) = std_mpsc::channel::<()>();
-    let device = spawn_device(
-        net.sfu_ns.clone(),
-        sfu.ws_url(),
-        format!("10.77.{}.0/24", net.subnet),
-        Some(keys),
+    let report = exchange(
+        &net,
+        Some(device_keys(b"interop-media-k!")),
         Duration::from_secs(8),
-        heard_tx,
-        gone_rx,
+        |url| python_e2ee_peer(&python, &net, url, b"not-the-same-k!!"),
+        |peer| {
+            // While the device listened, the Python side must not have heard its tone (nor
+            // noise) either.
+            peer.wait_line(Duration::from_millis(500), |_| false); // collects its reports
+            for line in peer
+                .seen
+                .iter()
+                .filter(|l| l.contains("\"tone\"") && l.contains(DEVICE))
+            {
+                let v: Value = serde_json::from_str(line).unwrap();
+                assert!(
+                    v["level_db"].as_f64().unwrap() < -40.0,
+                    "the Python SDK played the device's frames it could not decrypt: {line}"
+                );
+            }
+        },
     );
-    peer.wait_json(Duration::from_secs(30), |v| {
-        v["event"] == "track_subscribed" && v["identity"] == DEVICE
-    })
-    .expect("the Python peer subscribed to the device");
-    // While the device listens, the Python side must not hear its tone (nor noise) either.
-    heard_rx
-        .recv_timeout(Duration::from_secs(60))
-        .expect("device finished listening");
-    for line in peer
-        .seen
-        .iter()
-        .filter(|l| l.contains("\"tone\"") && l.contains(DEVICE))
-    {
-        let v: Value = serde_json::from_str(line).unwrap();
-        assert!(
-            v["level_db"].as_f64().unwrap() < -40.0,
-            "the Python SDK played the device's frames it could not decrypt: {line}"
-        );
-    }
-    peer.close_stdin();
-    assert!(
-        peer.wait_exit(Duration::from_secs(20)),
-        "Python peer exited"
-    );
-    gone_tx.send(()).ok();
-    let report = device.join().expect("device thread");
-    eprintln!("device report: {report:?}");
     assert!(report.undecryptable > 50, "failures counted: {report:?}");
     assert_eq!(report.decoded, 0, "{report:?}");
     assert!(report.peak < 100, "silence, not noise: {report:?}");
